@@ -1,0 +1,46 @@
+"""adkernels: fused kernels for adversarial distillation and adversarial training."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_C_error: Exception | None = None
+_cuda_error: Exception | None = None
+try:
+    from . import _C  # noqa: F401  registers torch.ops.adkernels.* (schemas + CPU kernels)
+except ImportError as e:  # pure-Python install: reference (and Triton) backends only
+    _C_error = e
+try:
+    from . import _C_cuda  # noqa: F401  CUDA kernels, where built
+except ImportError as e:
+    _cuda_error = e
+
+
+def _C_loaded() -> bool:
+    return _C_error is None
+
+
+def _cuda_loaded() -> bool:
+    return _C_error is None and _cuda_error is None
+
+
+from ._backend import current_backend, set_default_backend, use_backend  # noqa: E402
+from ._info import info  # noqa: E402
+from .ops.kd import (  # noqa: E402
+    FusedLinearKDLoss,
+    KDLoss,
+    fused_linear_kd_loss,
+    kd_loss,
+    vocab_parallel_kd_loss,
+)
+
+__all__ = [
+    "kd_loss",
+    "KDLoss",
+    "fused_linear_kd_loss",
+    "FusedLinearKDLoss",
+    "vocab_parallel_kd_loss",
+    "use_backend",
+    "current_backend",
+    "set_default_backend",
+    "info",
+]

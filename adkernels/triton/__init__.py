@@ -1,0 +1,1 @@
+"""Triton kernels with the same low-level contracts as csrc (imported lazily: triton is optional)."""

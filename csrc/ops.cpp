@@ -1,0 +1,31 @@
+// Schemas of every low-level adkernels op, in one place. Implementations are registered per
+// dispatch key next to their kernels (csrc/cpu/*.cpp, csrc/cuda/*.cu); fake kernels, autograd
+// and the public API live in adkernels/ops/.
+#include <Python.h>
+#include <torch/library.h>
+
+#include <string>
+
+namespace adkernels::cpu {
+std::string cpu_isa();
+}
+
+TORCH_LIBRARY(adkernels, m) {
+  // Knowledge-distillation loss, forward with the gradient made in the same pass.
+  // student/teacher: [N, V] contiguous, same dtype; target: [N] int64 or None.
+  // Returns (loss [N] fp32 (fp64 for fp64 input), per row, unreduced;
+  //          d loss_n / d student [N, V] in the input dtype, or an empty tensor if not asked;
+  //          d loss_n / d teacher, likewise). Rows whose target == ignore_index give 0.
+  // divergence: 0 = kl, 1 = reverse_kl, 2 = jsd.
+  m.def(
+      "kd_fwd(Tensor student, Tensor teacher, Tensor? target, float temperature, float alpha, "
+      "int divergence, float beta, int ignore_index, float label_smoothing, bool grad_student, "
+      "bool grad_teacher) -> (Tensor, Tensor, Tensor)");
+  // The instruction set the CPU kernels run with (DEFAULT, AVX2, AVX512); ADKERNELS_CPU_ISA
+  // lowers it (for tests and comparisons).
+  m.def("cpu_isa() -> str", &adkernels::cpu::cpu_isa);
+}
+
+// Lets `from adkernels import _C` load the library (and run the registrations above).
+static struct PyModuleDef adkernels_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&adkernels_module); }
