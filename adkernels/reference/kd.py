@@ -43,7 +43,12 @@ def kd_loss_rows(
         elif divergence == "reverse_kl":
             d = _kl_rows(ps, lps, lpt)
         elif divergence == "jsd":
-            lm = torch.logaddexp(lpt + math.log(beta), lps + math.log1p(-beta))
+            # log M; entries where both p are 0 are masked first (logaddexp(-inf, -inf) has a NaN
+            # gradient) and contribute nothing below.
+            live = (ps > 0) | (pt > 0)
+            zero = torch.zeros_like(lps)
+            lm = torch.logaddexp(torch.where(live, lpt, zero) + math.log(beta),
+                                 torch.where(live, lps, zero) + math.log1p(-beta))
             d = beta * _kl_rows(pt, lpt, lm) + (1 - beta) * _kl_rows(ps, lps, lm)
         else:
             raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
