@@ -94,6 +94,10 @@ def isa_sources():
     return sources
 
 
+# Any change to a header or kernel source rebuilds the objects (the ISA wrappers only #include).
+DEPENDS = sorted(glob.glob("csrc/**/*.h", recursive=True) + glob.glob("csrc/cpu/*.cpp"))
+
+
 def extensions():
     cpu_sources = ["csrc/ops.cpp"] + sorted(
         s for s in glob.glob("csrc/cpu/*.cpp") if not s.endswith("_kernels.cpp")
@@ -103,6 +107,7 @@ def extensions():
             "adkernels._C",
             cpu_sources,
             include_dirs=INCLUDE,
+            depends=DEPENDS,
             extra_compile_args={"cxx": CXX_FLAGS},
             extra_link_args=["-fopenmp"],
         )
@@ -118,6 +123,7 @@ def extensions():
                 "adkernels._C_cuda",
                 sorted(glob.glob("csrc/cuda/*.cu")),
                 include_dirs=INCLUDE + nvidia_inc,
+                depends=DEPENDS + sorted(glob.glob("csrc/cuda/*.cuh")),
                 extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]},
             )
         )

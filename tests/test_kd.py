@@ -95,8 +95,9 @@ def test_cpu_gradcheck(div, alpha, ls, T):
 @needs_cpp
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("div", DIVS)
-def test_cpu_weird_shape(dtype, div):
-    s, t, y = make(41, 1271, dtype, teacher_grad=True)
+@pytest.mark.parametrize("teacher_grad", [False, True])
+def test_cpu_weird_shape(dtype, div, teacher_grad):
+    s, t, y = make(41, 1271, dtype, teacher_grad=teacher_grad)
     y[::5] = -100
     compare(s, t, y, temperature=2.0, alpha=0.5, divergence=div, label_smoothing=0.1)
 

@@ -107,8 +107,8 @@ void kd_rows_impl(const KdArgs& a, int64_t begin, int64_t end) {
       zs = s_in;
       zt = t_in;
     }
-    acc_t* gs = kConvert ? gs_buf : reinterpret_cast<acc_t*>(gs_out);
-    acc_t* gt = kConvert ? gt_buf : reinterpret_cast<acc_t*>(gt_out);
+    acc_t* gs = !gs_out ? nullptr : kConvert ? gs_buf : reinterpret_cast<acc_t*>(gs_out);
+    acc_t* gt = !gt_out ? nullptr : kConvert ? gt_buf : reinterpret_cast<acc_t*>(gt_out);
 
     // A: maxima (and the sum of z_s for label smoothing)
     const bool need_zsum = need_ce && ls > acc_t(0);

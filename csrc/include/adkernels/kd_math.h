@@ -29,9 +29,11 @@ C10_HOST_DEVICE inline void kd_div_terms(int64_t div, V ps, V pt, V lps, V lpt, 
   } else if (div == REVERSE_KL) {
     acc_s = acc_s + where_pos(ps, ps * (lps - lpt));
   } else {
-    V lm = ad_log(beta * pt + (one - beta) * ps);
-    acc_t = acc_t + where_pos(pt, pt * (lpt - lm));
-    acc_s = acc_s + where_pos(ps, ps * (lps - lm));
+    // Where M underflows to 0 (p of order 1e-45) the terms are dropped: log M would be -inf.
+    V mix = beta * pt + (one - beta) * ps;
+    V lm = ad_log(mix);
+    acc_t = acc_t + where_pos(mix, where_pos(pt, pt * (lpt - lm)));
+    acc_s = acc_s + where_pos(mix, where_pos(ps, ps * (lps - lm)));
   }
 }
 
@@ -54,9 +56,10 @@ C10_HOST_DEVICE inline void kd_div_grads(int64_t div, V ps, V pt, V lps, V lpt, 
     ds = where_pos(ps, ps * ((lps - lpt) - acc_s));
     dt = pt - ps;
   } else {
-    V lm = ad_log(beta * pt + (one - beta) * ps);
-    ds = (one - beta) * where_pos(ps, ps * ((lps - lm) - acc_s));
-    dt = beta * where_pos(pt, pt * ((lpt - lm) - acc_t));
+    V mix = beta * pt + (one - beta) * ps;
+    V lm = ad_log(mix);
+    ds = (one - beta) * where_pos(ps, ps * (where_pos(mix, lps - lm) - acc_s));
+    dt = beta * where_pos(pt, pt * (where_pos(mix, lpt - lm) - acc_t));
   }
 }
 
