@@ -1,0 +1,31 @@
+"""The ``adkernels`` command: ``adkernels info`` and ``adkernels bench``."""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="adkernels", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("info", help="versions, built backends, CPU ISA, CUDA/Triton availability")
+    bench = sub.add_parser("bench", help="run a benchmark script from benchmarks/ (source checkout)")
+    bench.add_argument("name", nargs="?", default="kd", help="benchmark name: kd")
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
+    args = parser.parse_args(argv)
+    if args.cmd == "info":
+        import adkernels
+
+        adkernels.info()
+        return 0
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(root, "benchmarks", f"bench_{args.name}.py")
+    if not os.path.exists(script):
+        parser.error(f"no benchmark {args.name!r}: {script} does not exist (benchmarks ship with the source tree)")
+    return subprocess.call([sys.executable, script, *args.rest])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
