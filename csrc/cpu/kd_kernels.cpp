@@ -4,7 +4,8 @@
 // Per row (row buffers stay in L1/L2; logits are read from memory once):
 //   A  load (bf16/fp16 converted once into fp32), max of z_s and z_t, sum z_s if smoothing
 //   B  e = exp((z - max) / T) stored for both, their sums; sum exp(z_s - max) if T != 1 (CE)
-//   C  the divergence's two sums (needs the normalizers of B)
+//   C  the divergence's two sums (needs the normalizers of B); folded into D when the
+//      gradients asked for don't need them (kl + student gradient: the common case)
 //   D  gradients (need the sums of C), written in the input dtype
 // exp count per element: 2 (3 with CE at T != 1); log: 0 for kl / reverse_kl, 2 for jsd.
 #include <ATen/cpu/vec/functional.h>
@@ -74,11 +75,12 @@ void kd_rows_impl(const KdArgs& a, int64_t begin, int64_t end) {
   const bool same_T = T == acc_t(1);
 
   // Row buffers: converted logits (low precision only), exponentials, fp32 gradients.
-  const int64_t nbuf = 2 + (kConvert ? 4 : 0);
+  const int64_t nbuf = 3 + (kConvert ? 4 : 0);
   std::unique_ptr<acc_t[]> buffer(new acc_t[nbuf * V]);
   acc_t* es = buffer.get();
   acc_t* et = es + V;
-  acc_t* zs_buf = kConvert ? et + V : nullptr;
+  acc_t* e1 = et + V;  // exp(z_s - max) at temperature 1, for CE when T != 1
+  acc_t* zs_buf = kConvert ? e1 + V : nullptr;
   acc_t* zt_buf = kConvert ? zs_buf + V : nullptr;
   acc_t* gs_buf = kConvert ? zt_buf + V : nullptr;
   acc_t* gt_buf = kConvert ? gs_buf + V : nullptr;
@@ -150,6 +152,7 @@ void kd_rows_impl(const KdArgs& a, int64_t begin, int64_t end) {
       }
       if (need_e1) {
         auto e = ad_exp(x - VT(ms));
+        store(e1 + j, e);
         if constexpr (std::is_same_v<VT, Vec>) vs1 = vs1 + e; else s1 += e;
       }
     });
@@ -159,9 +162,11 @@ void kd_rows_impl(const KdArgs& a, int64_t begin, int64_t end) {
     const acc_t log_ss = ad_log(ss), log_st = ad_log(st);
     const acc_t inv_ss = acc_t(1) / ss, inv_st = acc_t(1) / st;
 
-    // C: divergence sums
+    // C: divergence sums. When the gradients asked for do not depend on them (kl with the
+    // student gradient only, reverse_kl with the teacher's only), they are summed in D instead.
+    const bool fuse_cd = need_div && ((div == KL && !gt) || (div == REVERSE_KL && !gs)) && (gs || gt);
     acc_t acc_t_sum = 0, acc_s_sum = 0;
-    if (need_div) {
+    if (need_div && !fuse_cd) {
       Vec vat(0), vas(0);
       for_each_elem<acc_t>(V, [&](auto tag, int64_t j) {
         using VT = typename std::decay_t<decltype(load(tag, zs))>;
@@ -179,15 +184,9 @@ void kd_rows_impl(const KdArgs& a, int64_t begin, int64_t end) {
       acc_s_sum += hsum(vas);
     }
 
-    // Loss row
-    acc_t row = 0;
-    if (need_div) row += alpha * T * T * kd_div_value(div, acc_t_sum, acc_s_sum, beta);
-    acc_t lse1 = same_T ? ms + log_ss : ms + ad_log(s1);
-    if (need_ce) row += (acc_t(1) - alpha) * ce_value(lse1, zs[y], zsum, ls, V);
-    loss[n] = row;
-
     // D: gradients
     if (gs || gt) {
+      Vec vat(0), vas(0);
       const acc_t kdiv = alpha * T, kce = acc_t(1) - alpha, smooth = ls / acc_t(V);
       const acc_t inv_s1 = same_T ? inv_ss : acc_t(1) / s1;
       for_each_elem<acc_t>(V, [&](auto tag, int64_t j) {
@@ -199,12 +198,19 @@ void kd_rows_impl(const KdArgs& a, int64_t begin, int64_t end) {
           auto lps = (load(tag, zs + j) - VT(ms)) * VT(invT) - VT(log_ss);
           auto lpt = (load(tag, zt + j) - VT(mt)) * VT(invT) - VT(log_st);
           VT ds, dt;
+          if (fuse_cd) {
+            if constexpr (std::is_same_v<VT, Vec>) {
+              kd_div_terms(div, ps, pt, lps, lpt, Vec(beta), Vec(1), vat, vas);
+            } else {
+              kd_div_terms(div, ps, pt, lps, lpt, beta, acc_t(1), acc_t_sum, acc_s_sum);
+            }
+          }
           kd_div_grads(div, ps, pt, lps, lpt, VT(beta), VT(1), VT(acc_t_sum), VT(acc_s_sum), ds, dt);
           g_s = VT(kdiv) * ds;
           g_t = VT(kdiv) * dt;
         }
         if (need_ce) {
-          auto q = same_T ? load(tag, es + j) * VT(inv_ss) : ad_exp(load(tag, zs + j) - VT(ms)) * VT(inv_s1);
+          auto q = load(tag, (same_T ? es : e1) + j) * VT(same_T ? inv_ss : inv_s1);
           g_s = g_s + VT(kce) * (q - VT(smooth));
         }
         if (gs) store(gs + j, g_s);
@@ -215,7 +221,18 @@ void kd_rows_impl(const KdArgs& a, int64_t begin, int64_t end) {
         if (gs) at::vec::convert(gs, gs_out, V);
         if (gt) at::vec::convert(gt, gt_out, V);
       }
+      if (fuse_cd) {
+        acc_t_sum += hsum(vat);
+        acc_s_sum += hsum(vas);
+      }
     }
+
+    // Loss row
+    acc_t row = 0;
+    if (need_div) row += alpha * T * T * kd_div_value(div, acc_t_sum, acc_s_sum, beta);
+    const acc_t lse1 = same_T ? ms + log_ss : ms + ad_log(s1);
+    if (need_ce) row += (acc_t(1) - alpha) * ce_value(lse1, zs[y], zsum, ls, V);
+    loss[n] = row;
   }
 }
 
