@@ -8,8 +8,9 @@ chunks), never O(N x V).
 
 Chunk rule (``chunk_size=None``): ``next_pow2(ceil(N / ceil(V / H)))`` rows, H the larger hidden
 size, so a chunk of logits holds about as many numbers as the hidden-state input itself
-(N x H); clamped to [1, N]. At N=4096, H=1024, V=128256 that is 64 rows (~33 MB per fp32
-logit chunk, against 2.1 GB for the full logits).
+(N x H); but at least ``2^22 / V`` rows (4M logits, 16 MB in fp32), so that small hidden sizes
+still give matmuls big enough to run at speed; clamped to [1, N]. At N=4096, H=1024,
+V=128256 that is 64 rows (~33 MB per fp32 logit chunk, against 2.1 GB for the full logits).
 """
 from __future__ import annotations
 
@@ -24,13 +25,17 @@ from ._validate import check_float_tensor, check_same, check_target, check_targe
 from .kd import DIVERGENCES, _count, _kd_kernel, _kd_options
 
 
+MIN_CHUNK_LOGITS = 1 << 22
+
+
 def default_chunk_size(n: int, vocab: int, hidden: int) -> int:
     """Rows per chunk: keeps a chunk of logits about the size of the [N, H] input."""
     if n <= 0:
         return 1
     factor = max(1, math.ceil(vocab / max(hidden, 1)))
     rows = math.ceil(n / factor)
-    return max(1, min(n, 1 << (rows - 1).bit_length()))
+    rows = max(1 << (rows - 1).bit_length(), MIN_CHUNK_LOGITS // max(vocab, 1))
+    return max(1, min(n, rows))
 
 
 def _linear(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
