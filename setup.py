@@ -114,9 +114,10 @@ def extensions():
     ]
     want_cuda = os.environ.get("ADKERNELS_NO_CUDA", "0") != "1"
     if want_cuda and torch.version.cuda is not None and CUDA_HOME is not None:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        # +PTX: newer GPUs than sm_90 JIT-compile the PTX at load time.
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
         nvidia_inc = [
-            p for p in glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu*", "include"))
+            p for p in glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu[0-9]*", "include"))
         ]
         exts.append(
             CUDAExtension(

@@ -7,7 +7,7 @@
 #
 # Environment: ADK_CUDA_TORCH (torch version, pinned; default 2.14.1), ADK_CUDA_BUILD_DIR
 # (where the source is copied and built; default a fresh temp dir, removed on exit unless
-# ADK_KEEP_BUILD=1), TORCH_CUDA_ARCH_LIST (default "8.0;9.0"), MAX_JOBS, PYTHON.
+# ADK_KEEP_BUILD=1), TORCH_CUDA_ARCH_LIST (default "8.0;9.0+PTX"), MAX_JOBS, PYTHON.
 #
 # The repository's own build (the CPU extension in adkernels/ and build/) is never touched:
 # the tracked and untracked-but-not-ignored files are copied into the build dir first.
@@ -18,7 +18,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${1:-/tmp/adk-cuda-venv}
 TORCH_VERSION=${ADK_CUDA_TORCH:-2.14.1}
 PYTHON=${PYTHON:-python3}
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-"8.0;9.0"}
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-"8.0;9.0+PTX"}
 
 log() { echo "[cuda_build] $*"; }
 die() { echo "[cuda_build] ERROR: $*" >&2; exit 1; }

@@ -32,17 +32,6 @@ constexpr int kWarp = 32;
 constexpr int kMaxWarps = 1024 / kWarp;
 constexpr int kMaxReduce = 7;  // values reduced at once across the block
 
-// Adds element x to a running (max m, sum of exp(. - m)): the same result as
-// online_merge(m, s, x, 1) with one exp instead of two. Elements at -inf add nothing.
-template <typename T>
-__device__ __forceinline__ void online_add(T& m, T& s, T x) {
-  if (x > m) {
-    s = s * ad_exp(m - x) + T(1);
-    m = x;
-  } else if (x != -INFINITY) {
-    s = s + ad_exp(x - m);
-  }
-}
 
 // Reduces v[0..K) over the block with combine(v, other); every thread gets the same result
 // (the per-warp partials are combined in the same order by all threads).

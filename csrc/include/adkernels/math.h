@@ -38,5 +38,17 @@ C10_HOST_DEVICE inline void online_merge(T& m, T& s, T m2, T s2) {
   m = mn;
 }
 
+// Adds element x to a running (max m, sum of exp(. - m)): the same result as
+// online_merge(m, s, x, 1) with one exp instead of two. Elements at -inf add nothing.
+template <typename T>
+C10_HOST_DEVICE inline void online_add(T& m, T& s, T x) {
+  if (x > m) {
+    s = s * ad_exp(m - x) + T(1);
+    m = x;
+  } else if (x != -INFINITY) {
+    s = s + ad_exp(x - m);
+  }
+}
+
 }  // namespace ADK_ISA
 }  // namespace adkernels
