@@ -285,3 +285,14 @@ def test_backend_fallback_warns_once():
     with adkernels.use_backend("cuda"), pytest.warns(UserWarning, match="not available"):
         a = adkernels.kd_loss(s, t)
     torch.testing.assert_close(a, ref_kd_loss(s, t))
+
+
+@needs_cpp
+def test_jsd_denormal_probabilities_stay_finite():
+    """p_t denormal and p_s = 0: beta p_t underflows, log M would be -inf; the term is dropped."""
+    s = torch.tensor([[0.0, -200.0]])
+    t = torch.tensor([[0.0, -103.5]])
+    for beta in (0.1, 0.5):
+        loss, gs, gt = torch.ops.adkernels.kd_fwd(s, t, None, 1.0, 1.0, 2, beta, -100, 0.0, True, True)
+        for x in (loss, gs, gt):
+            torch.testing.assert_close(x, torch.zeros_like(x), atol=1e-6, rtol=0)

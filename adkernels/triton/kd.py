@@ -79,8 +79,6 @@ def _kd_fwd_kernel(
     a = tl.full([], alpha, ACC)
     b = tl.full([], beta, ACC)
     ls = tl.full([], label_smoothing, ACC)
-    log_b = tl.log(b)
-    log_1mb = tl.log(1.0 - b)
 
     # ---- pass 1: online (max, sum exp) of z_s / T, z_t / T, and z_s at T = 1 -------------
     ms = tl.full([], _NEG_INF, ACC)  # max of raw z_s (z / T has its max at the same place)
@@ -136,12 +134,12 @@ def _kd_fwd_kernel(
             elif DIV == 1:
                 vs += tl.where(ps > 0, ps * (lps - lpt), 0.0)
             else:
-                # log M, floored by its two lower bounds so that an underflowing b * pt
-                # (denormal p) cannot make log M = -inf where p > 0.
-                lm = tl.log(b * pt + (1.0 - b) * ps)
-                lm = tl.maximum(lm, tl.maximum(lpt + log_b, lps + log_1mb))
-                vt += tl.where(pt > 0, pt * (lpt - lm), 0.0)
-                vs += tl.where(ps > 0, ps * (lps - lm), 0.0)
+                # As kd_math.h: where M underflows to 0 (denormal p) the terms are dropped,
+                # since log M would be -inf.
+                mix = b * pt + (1.0 - b) * ps
+                lm = tl.log(mix)
+                vt += tl.where((mix > 0) & (pt > 0), pt * (lpt - lm), 0.0)
+                vs += tl.where((mix > 0) & (ps > 0), ps * (lps - lm), 0.0)
         acc_t = tl.sum(vt, axis=0)
         acc_s = tl.sum(vs, axis=0)
 
@@ -198,10 +196,10 @@ def _kd_fwd_kernel(
                     ds = tl.where(ps > 0, ps * ((lps - lpt) - acc_s), 0.0)
                     dt = pt - ps
                 else:
-                    lm = tl.log(b * pt + (1.0 - b) * ps)
-                    lm = tl.maximum(lm, tl.maximum(lpt + log_b, lps + log_1mb))
-                    ds = (1.0 - b) * tl.where(ps > 0, ps * ((lps - lm) - acc_s), 0.0)
-                    dt = b * tl.where(pt > 0, pt * ((lpt - lm) - acc_t), 0.0)
+                    mix = b * pt + (1.0 - b) * ps
+                    lm = tl.log(mix)
+                    ds = (1.0 - b) * tl.where(ps > 0, ps * (tl.where(mix > 0, lps - lm, 0.0) - acc_s), 0.0)
+                    dt = b * tl.where(pt > 0, pt * (tl.where(mix > 0, lpt - lm, 0.0) - acc_t), 0.0)
                 g_s = kdiv * ds
                 g_t = kdiv * dt
             if NEED_CE:
