@@ -32,6 +32,7 @@ from .ops.kd import (  # noqa: E402
     kd_loss,
     vocab_parallel_kd_loss,
 )
+from .ops.attacks import pgd_step, pgd_step_, sign_step, sign_step_  # noqa: E402
 
 __all__ = [
     "kd_loss",
@@ -39,6 +40,10 @@ __all__ = [
     "fused_linear_kd_loss",
     "FusedLinearKDLoss",
     "vocab_parallel_kd_loss",
+    "sign_step",
+    "sign_step_",
+    "pgd_step",
+    "pgd_step_",
     "use_backend",
     "current_backend",
     "set_default_backend",

@@ -21,6 +21,19 @@ TORCH_LIBRARY(adkernels, m) {
       "kd_fwd(Tensor student, Tensor teacher, Tensor? target, float temperature, float alpha, "
       "int divergence, float beta, int ignore_index, float label_smoothing, bool grad_student, "
       "bool grad_teacher) -> (Tensor, Tensor, Tensor)");
+  // Adversarial-example steps (attack_math.h). x / x_adv / x_nat: [N, ...] contiguous float32 or
+  // float64; grad: x's shape, float32/float64/float16/bfloat16; step, eps: [N] in x's dtype.
+  // lo / hi: both None, or both contiguous [B] in x's dtype, element i of the flattened x using
+  // bound[(i / bound_inner) % B]. norm: 0 = linf, 1 = l2. The functional forms return a new
+  // tensor; the trailing-underscore forms write the result into x / x_adv.
+  m.def("sign_step(Tensor x, Tensor grad, Tensor step, Tensor? lo, Tensor? hi, int bound_inner) -> Tensor");
+  m.def("sign_step_(Tensor(a!) x, Tensor grad, Tensor step, Tensor? lo, Tensor? hi, int bound_inner) -> ()");
+  m.def(
+      "pgd_step(Tensor x_adv, Tensor grad, Tensor x_nat, Tensor step, Tensor eps, int norm, Tensor? lo, "
+      "Tensor? hi, int bound_inner) -> Tensor");
+  m.def(
+      "pgd_step_(Tensor(a!) x_adv, Tensor grad, Tensor x_nat, Tensor step, Tensor eps, int norm, Tensor? lo, "
+      "Tensor? hi, int bound_inner) -> ()");
   // The instruction set the CPU kernels run with (DEFAULT, AVX2, AVX512); ADKERNELS_CPU_ISA
   // lowers it (for tests and comparisons).
   m.def("cpu_isa() -> str", &adkernels::cpu::cpu_isa);
