@@ -71,11 +71,11 @@ def test_bf16_and_leading_dims():
 
 
 def test_chunk_rule():
-    assert default_chunk_size(4096, 128256, 1024) == 64
+    assert default_chunk_size(4096, 128256, 1024) == 261  # floor: 32M logits per chunk
     assert default_chunk_size(10, 50, 100) == 10
     assert default_chunk_size(0, 10, 10) == 1
     assert default_chunk_size(100000, 32000, 4096) == 16384  # ~N x H logits per chunk
-    assert default_chunk_size(4096, 4096, 128) == 1024  # floor of 4M logits per chunk
+    assert default_chunk_size(100000, 128256, 512) == 512
 
 
 @needs_cpp
