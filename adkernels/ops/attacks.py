@@ -143,11 +143,16 @@ def _bound_tensor(op: str, name: str, v, x: Tensor) -> Optional[Tensor]:
         if v.dim() > x.dim() or any(b not in (1, s) for b, s in zip(v.shape[::-1], x.shape[::-1])):
             raise ValueError(f"{op}: {name} of shape {tuple(v.shape)} does not broadcast to x's shape {tuple(x.shape)}")
         return v.detach().to(x.dtype)
+    return torch.full((), _number(op, name, v), dtype=x.dtype, device=x.device)
+
+
+def _number(op: str, name: str, v) -> float:
     if not isinstance(v, numbers.Real) or isinstance(v, bool):
         raise TypeError(f"{op}: {name} must be None, a number or a tensor, got {type(v).__name__}")
-    if math.isnan(float(v)):
+    v = float(v)
+    if math.isnan(v):
         raise ValueError(f"{op}: {name} must not be NaN")
-    return torch.full((), float(v), dtype=x.dtype, device=x.device)
+    return v
 
 
 def _bounds(op: str, lo, hi, x: Tensor, perm, validate: bool):
@@ -155,9 +160,18 @@ def _bounds(op: str, lo, hi, x: Tensor, perm, validate: bool):
 
     ``perm``: the dimension order x is walked in (None: as it is).
     """
-    lo_t, hi_t = _bound_tensor(op, "lo", lo, x), _bound_tensor(op, "hi", hi, x)
-    if lo_t is None and hi_t is None:
+    if lo is None and hi is None:
         return None, None, 1
+    if not isinstance(lo, Tensor) and not isinstance(hi, Tensor):  # numbers: no tensor work to check
+        lo_f = -math.inf if lo is None else _number(op, "lo", lo)
+        hi_f = math.inf if hi is None else _number(op, "hi", hi)
+        if lo_f > hi_f:
+            raise ValueError(f"{op}: lo must be <= hi everywhere, got lo={lo_f} > hi={hi_f}")
+        if x.numel() == 0:
+            return None, None, 1
+        return (torch.full((1,), lo_f, dtype=x.dtype, device=x.device),
+                torch.full((1,), hi_f, dtype=x.dtype, device=x.device), 1)
+    lo_t, hi_t = _bound_tensor(op, "lo", lo, x), _bound_tensor(op, "hi", hi, x)
     inf = torch.full((), math.inf, dtype=x.dtype, device=x.device)
     lo_t = -inf if lo_t is None else lo_t
     hi_t = inf if hi_t is None else hi_t
