@@ -198,6 +198,14 @@ def _bounds(op: str, lo, hi, x: Tensor, perm, validate: bool):
     idx = (0,) * first + (Ellipsis,) + (0,) * (len(xs) - last - 1)
     lo_b = lo_t[idx].expand(block).contiguous().reshape(-1)
     hi_b = hi_t[idx].expand(block).contiguous().reshape(-1)
+    B = lo_b.numel()
+    if inner == 1 and 1 < B < 512:
+        # A short pattern that changes every element (per-channel bounds of a channels_last
+        # input: B = C) would cut the CPU kernel's runs to B elements: repeat it k times
+        # (k a divisor of x.numel() / B, so the pattern still tiles x) for runs of >= 512.
+        m = x.numel() // B
+        k = next((d for d in range(-(-512 // B), 4097) if m % d == 0), 1)
+        lo_b, hi_b = lo_b.repeat(k), hi_b.repeat(k)
     return lo_b, hi_b, max(int(inner), 1)
 
 
