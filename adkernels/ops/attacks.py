@@ -12,6 +12,12 @@ per-sample reduction (||g||^2, <x_adv - x_nat, g>, ||x_adv - x_nat||^2 together)
 
 These are attack updates, not differentiable functions: the result never requires grad.
 
+**Prefer the in-place forms in attack loops.** The functional forms return a new tensor; on CPU
+a large new buffer is a fresh mapping whose pages the OS zeroes on first touch, which here costs
+about as much as the step itself (benchmarks/bench_attacks.py at [64, 3, 224, 224]: the in-place
+steps run at the copy-bandwidth floor, the functional ones at the floor of an op that returns a
+new tensor, about 2.5x slower). ``pgd_step_`` keeps x_adv's storage (and memory format).
+
 **Keep the adversarial state in float32** (or float64): x / x_adv / x_nat must be fp32 or fp64
 and the result has their dtype, while ``grad`` may be fp32, fp16 or bf16 (the gradient of a
 bf16 / autocast model). bf16 has 8 significant bits, so its spacing is 2^-8 = 1/256 on [0.5, 1)
