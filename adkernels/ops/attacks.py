@@ -181,9 +181,13 @@ def _bounds(op: str, lo, hi, x: Tensor, perm, validate: bool):
     inf = torch.full((), math.inf, dtype=x.dtype, device=x.device)
     lo_t = -inf if lo_t is None else lo_t
     hi_t = inf if hi_t is None else hi_t
-    if validate and _eager() and bool((lo_t > hi_t).any()):
-        raise ValueError(f"{op}: lo must be <= hi everywhere, got lo > hi (e.g. lo={lo_t.max().item()}, "
-                         f"hi={hi_t.min().item()})")
+    if validate and _eager():
+        bad = lo_t > hi_t
+        if bool(bad.any()):
+            i = tuple(bad.nonzero()[0].tolist())
+            lo_b, hi_b = torch.broadcast_tensors(lo_t, hi_t)
+            raise ValueError(f"{op}: lo must be <= hi everywhere, got lo={lo_b[i].item()} > hi={hi_b[i].item()} "
+                             f"at index {i} of their broadcast shape {tuple(bad.shape)}")
     if x.numel() == 0:
         return None, None, 1
     lo_t, hi_t = torch.broadcast_tensors(lo_t, hi_t)
