@@ -84,3 +84,16 @@ def reduce_rows(rows: torch.Tensor, count: torch.Tensor, reduction: str) -> torc
     if reduction == "sum":
         return total
     return total / count.clamp(min=1).to(total.dtype)
+
+
+def scale_row_grads(grad, count, reduction, *row_grads):
+    """Backward of a loss whose per-row gradients were made in the forward: scale them by the
+    incoming gradient (per row for "none", divided by the counted rows for the means).
+    Entries of ``row_grads`` that are None stay None."""
+    if reduction == "none":
+        scale = grad.unsqueeze(-1)
+    elif reduction == "sum":
+        scale = grad
+    else:
+        scale = grad / count.clamp(min=1).to(grad.dtype)
+    return tuple(None if g is None else (g * scale).to(g.dtype) for g in row_grads)

@@ -28,6 +28,7 @@ from ._validate import (
     check_target_range,
     check_unit_interval,
     reduce_rows,
+    scale_row_grads,
 )
 
 DIVERGENCES = {"kl": 0, "reverse_kl": 1, "jsd": 2}
@@ -104,14 +105,8 @@ class KDFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         gs, gt, count = ctx.saved_tensors
-        if ctx.reduction == "none":
-            scale = grad.unsqueeze(-1)
-        elif ctx.reduction == "sum":
-            scale = grad
-        else:
-            scale = grad / count.clamp(min=1).to(grad.dtype)
-        ds = (gs * scale).to(gs.dtype) if ctx.needs_input_grad[0] else None
-        dt = (gt * scale).to(gt.dtype) if ctx.needs_input_grad[1] else None
+        ds, dt = scale_row_grads(grad, count, ctx.reduction, gs if ctx.needs_input_grad[0] else None,
+                                 gt if ctx.needs_input_grad[1] else None)
         return ds, dt, None, None, None, None, None, None, None, None, None, None
 
 

@@ -29,7 +29,14 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._validate import check_float_tensor, check_same, check_target, check_target_range, reduce_rows
+from ._validate import (
+    check_float_tensor,
+    check_same,
+    check_target,
+    check_target_range,
+    reduce_rows,
+    scale_row_grads,
+)
 
 _OP = "vocab_parallel_kd_loss"
 
@@ -239,14 +246,8 @@ class _VocabParallelKD(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         gs, gt, count = ctx.saved_tensors
-        if ctx.reduction == "none":
-            scale = grad.unsqueeze(-1)
-        elif ctx.reduction == "sum":
-            scale = grad
-        else:
-            scale = grad / count.clamp(min=1).to(grad.dtype)
-        ds = (gs * scale).to(gs.dtype) if ctx.needs_input_grad[0] else None
-        dt = (gt * scale).to(gt.dtype) if ctx.needs_input_grad[1] else None
+        ds, dt = scale_row_grads(grad, count, ctx.reduction, gs if ctx.needs_input_grad[0] else None,
+                                 gt if ctx.needs_input_grad[1] else None)
         return (ds, dt) + (None,) * 12
 
 

@@ -7,6 +7,8 @@
 #include <cstdlib>
 #include <string>
 
+#include <adkernels/kd_host.h>
+
 #include "isa.h"
 #include "kd_args.h"
 
@@ -16,11 +18,10 @@ ADK_DECLARE_ISA_KERNELS(void kd_rows(const KdArgs&, int64_t, int64_t));
 
 static DType dtype_of(const at::Tensor& t) {
   switch (t.scalar_type()) {
-    case at::kFloat: return DType::Float;
     case at::kDouble: return DType::Double;
     case at::kHalf: return DType::Half;
     case at::kBFloat16: return DType::BFloat16;
-    default: TORCH_CHECK(false, "kd_fwd: unsupported dtype ", t.scalar_type(), " (use float32, float64, float16 or bfloat16)");
+    default: return DType::Float;  // dtypes are checked by kd_fwd_prepare
   }
 }
 
@@ -28,30 +29,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kd_fwd_cpu(
     const at::Tensor& student, const at::Tensor& teacher, const std::optional<at::Tensor>& target,
     double temperature, double alpha, int64_t divergence, double beta, int64_t ignore_index,
     double label_smoothing, bool grad_student, bool grad_teacher) {
-  TORCH_CHECK(student.dim() == 2 && student.sizes() == teacher.sizes(),
-              "kd_fwd: student and teacher must be [N, V] of the same shape, got ", student.sizes(), " and ", teacher.sizes());
-  TORCH_CHECK(student.scalar_type() == teacher.scalar_type(), "kd_fwd: student and teacher dtypes differ");
-  TORCH_CHECK(student.is_contiguous() && teacher.is_contiguous(), "kd_fwd: inputs must be contiguous");
-  TORCH_CHECK(temperature > 0, "kd_fwd: temperature must be > 0");
-  TORCH_CHECK(divergence >= 0 && divergence <= 2, "kd_fwd: divergence must be 0 (kl), 1 (reverse_kl) or 2 (jsd)");
+  auto [loss, gs, gt] = kd_fwd_prepare(student, teacher, target, temperature, divergence, grad_student, grad_teacher);
   const int64_t N = student.size(0), V = student.size(1);
   const int64_t* tgt = nullptr;
   if (target.has_value()) {
-    TORCH_CHECK(target->dim() == 1 && target->size(0) == N && target->scalar_type() == at::kLong && target->is_contiguous(),
-                "kd_fwd: target must be a contiguous int64 tensor of shape [N]");
     tgt = target->data_ptr<int64_t>();
     for (int64_t n = 0; n < N; ++n) {
       TORCH_CHECK(tgt[n] == ignore_index || (tgt[n] >= 0 && tgt[n] < V), "kd_loss: target[", n, "] = ", tgt[n],
                   " is out of range [0, ", V, "); mark rows to skip with ignore_index=", ignore_index);
     }
   }
-  auto loss = at::empty({N}, student.options().dtype(student.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
-  auto gs = grad_student ? at::empty_like(student) : at::empty({0}, student.options());
-  auto gt = grad_teacher ? at::empty_like(teacher) : at::empty({0}, teacher.options());
-  if (N == 0 || V == 0) {
-    loss.zero_();
-    return {loss, gs, gt};
-  }
+  if (N == 0 || V == 0) return {loss, gs, gt};
   KdArgs a{student.data_ptr(), teacher.data_ptr(), tgt, loss.data_ptr(),
            grad_student ? gs.data_ptr() : nullptr, grad_teacher ? gt.data_ptr() : nullptr,
            N, V, temperature, alpha, beta, label_smoothing, divergence, ignore_index, dtype_of(student)};

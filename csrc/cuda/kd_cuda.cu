@@ -21,6 +21,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <adkernels/kd_host.h>
 #include <adkernels/kd_math.h>
 
 #include <limits>
@@ -199,33 +200,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kd_fwd_cuda(
     const at::Tensor& student, const at::Tensor& teacher, const std::optional<at::Tensor>& target,
     double temperature, double alpha, int64_t divergence, double beta, int64_t ignore_index,
     double label_smoothing, bool grad_student, bool grad_teacher) {
-  TORCH_CHECK(student.dim() == 2 && student.sizes() == teacher.sizes(),
-              "kd_fwd: student and teacher must be [N, V] of the same shape, got ", student.sizes(), " and ", teacher.sizes());
-  TORCH_CHECK(student.scalar_type() == teacher.scalar_type(), "kd_fwd: student and teacher dtypes differ");
-  TORCH_CHECK(student.is_cuda() && teacher.device() == student.device(),
-              "kd_fwd: student and teacher must be on the same CUDA device, got ", student.device(), " and ", teacher.device());
-  TORCH_CHECK(student.is_contiguous() && teacher.is_contiguous(), "kd_fwd: inputs must be contiguous");
-  TORCH_CHECK(temperature > 0, "kd_fwd: temperature must be > 0");
-  TORCH_CHECK(divergence >= 0 && divergence <= 2, "kd_fwd: divergence must be 0 (kl), 1 (reverse_kl) or 2 (jsd)");
-  const auto dtype = student.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
-              "kd_fwd: unsupported dtype ", dtype, " (use float32, float64, float16 or bfloat16)");
-  const int64_t N = student.size(0), V = student.size(1);
-  if (target.has_value()) {
-    TORCH_CHECK(target->dim() == 1 && target->size(0) == N && target->scalar_type() == at::kLong && target->is_contiguous(),
-                "kd_fwd: target must be a contiguous int64 tensor of shape [N]");
-    TORCH_CHECK(target->device() == student.device(), "kd_fwd: target is on ", target->device(),
-                " but the logits are on ", student.device());
-  }
-  TORCH_CHECK(N <= std::numeric_limits<int32_t>::max(), "kd_fwd: too many rows (", N, ") for one launch");
+  TORCH_CHECK(student.is_cuda(), "kd_fwd: expected CUDA tensors, got ", student.device());
   const c10::cuda::CUDAGuard guard(student.device());
-  auto loss = at::empty({N}, student.options().dtype(dtype == at::kDouble ? at::kDouble : at::kFloat));
-  auto gs = grad_student ? at::empty_like(student) : at::empty({0}, student.options());
-  auto gt = grad_teacher ? at::empty_like(teacher) : at::empty({0}, teacher.options());
-  if (N == 0 || V == 0) {
-    loss.zero_();
-    return {loss, gs, gt};
-  }
+  auto [loss, gs, gt] = kd_fwd_prepare(student, teacher, target, temperature, divergence, grad_student, grad_teacher);
+  const auto dtype = student.scalar_type();
+  const int64_t N = student.size(0), V = student.size(1);
+  TORCH_CHECK(N <= std::numeric_limits<int32_t>::max(), "kd_fwd: too many rows (", N, ") for one launch");
+  if (N == 0 || V == 0) return {loss, gs, gt};
   const int threads = threads_for(V);
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "kd_fwd_cuda", [&] {
