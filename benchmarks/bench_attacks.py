@@ -199,7 +199,7 @@ def plot(rows, path, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(11, 4.8))
+    fig, ax = plt.subplots(figsize=(13, 4.8))
     series = [("fused_ms", "fused"), ("inplace_ms", "fused in-place"), ("eager_ms", "eager PyTorch"),
               ("compile_ms", "torch.compile"), ("compile_inplace_ms", "torch.compile, in place"),
               ("floor_new_ms", "floor, new output"), ("floor_ms", "floor, in place")]
@@ -212,7 +212,7 @@ def plot(rows, path, title):
     ax.set_yscale("log")
     ax.set_ylabel("ms per step (log)")
     ax.set_title(f"attack steps at {rows[0]['shape']} fp32 x_adv")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3, which="both")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
