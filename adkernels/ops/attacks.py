@@ -14,9 +14,10 @@ These are attack updates, not differentiable functions: the result never require
 
 **Prefer the in-place forms in attack loops.** The functional forms return a new tensor; on CPU
 a large new buffer is a fresh mapping whose pages the OS zeroes on first touch, which here costs
-about as much as the step itself (benchmarks/bench_attacks.py at [64, 3, 224, 224]: the in-place
-steps run at the copy-bandwidth floor, the functional ones at the floor of an op that returns a
-new tensor, about 3x slower: 22 ms vs 7.5 ms for a linf step). ``pgd_step_`` keeps x_adv's storage (and memory format).
+more than the step itself (benchmarks/bench_attacks.py at [64, 3, 224, 224] on 2 cores: the
+in-place steps run at the copy-bandwidth floor, the functional ones at the floor of an op that
+returns a new tensor, about 3x slower: 22 ms vs 7.5 ms for a linf step). ``pgd_step_`` keeps
+x_adv's storage and memory format.
 
 **Keep the adversarial state in float32** (or float64): x / x_adv / x_nat must be fp32 or fp64
 and the result has their dtype, while ``grad`` may be fp32, fp16 or bf16 (the gradient of a
