@@ -33,7 +33,6 @@ suffix so they never overwrite a full run's files), and a printed table.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path

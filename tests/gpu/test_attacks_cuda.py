@@ -114,7 +114,8 @@ def test_matches_reference(backend, dtype, grad_dtype, kind, shape, layout):
     # the same numbers as the CPU kernel
     if adkernels._C_loaded():
         with adkernels.use_backend("cpu"):
-            cpu_l = adkernels.pgd_step(x_adv.cpu(), grad.cpu(), x_nat.cpu(), step.cpu(), 0.03, lo=on_cpu(lo), hi=on_cpu(hi))
+            cpu_l = adkernels.pgd_step(x_adv.cpu(), grad.cpu(), x_nat.cpu(), step.cpu(), 0.03,
+                                       lo=on_cpu(lo), hi=on_cpu(hi))
         assert torch.equal(got_l.cpu(), cpu_l)
 
 
