@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Compile and link the CUDA extension (adkernels._C_cuda) against a CUDA build of torch, and
-# check that it imports and registers adkernels::kd_fwd for the CUDA dispatch key. Needs nvcc,
+# check that it imports and registers a CUDA kernel for every op that has a CPU one. Needs nvcc,
 # not a GPU.
 #
 #   .ci/cuda_build.sh [VENV]        VENV defaults to /tmp/adk-cuda-venv (kept between runs)
@@ -98,10 +98,16 @@ import adkernels
 
 assert adkernels._C_loaded(), adkernels._C_error
 assert adkernels._cuda_loaded(), adkernels._cuda_error
-assert torch._C._dispatch_has_kernel_for_dispatch_key("adkernels::kd_fwd", "CUDA"), "no CUDA kernel for kd_fwd"
-assert torch._C._dispatch_has_kernel_for_dispatch_key("adkernels::kd_fwd", "CPU"), "no CPU kernel for kd_fwd"
-print("[cuda_build] import ok: adkernels._C_cuda registers adkernels::kd_fwd for CUDA; cuda available:",
-      torch.cuda.is_available())
+# Every op with a CPU kernel must have a CUDA kernel too (schemas: csrc/ops.cpp).
+ops = sorted(
+    name for name in torch._C._dispatch_get_all_op_names()
+    if name.startswith("adkernels::") and torch._C._dispatch_has_kernel_for_dispatch_key(name, "CPU")
+)
+assert ops, "no adkernels ops registered for CPU"
+missing = [op for op in ops if not torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA")]
+assert not missing, f"no CUDA kernel for {missing}"
+print(f"[cuda_build] import ok: CUDA kernels for {len(ops)} ops ({', '.join(o.split('::')[1] for o in ops)});",
+      "cuda available:", torch.cuda.is_available())
 EOF
 
 sizes=$(cd "$BUILD" && du -h "$so" | cut -f1)
