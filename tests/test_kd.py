@@ -296,3 +296,17 @@ def test_jsd_denormal_probabilities_stay_finite():
         loss, gs, gt = torch.ops.adkernels.kd_fwd(s, t, None, 1.0, 1.0, 2, beta, -100, 0.0, True, True)
         for x in (loss, gs, gt):
             torch.testing.assert_close(x, torch.zeros_like(x), atol=1e-6, rtol=0)
+
+
+@needs_cpp
+@pytest.mark.parametrize("reduction", ["batchmean", "none"])
+def test_retain_graph_backward_twice(reduction):
+    """The saved gradient is scaled in place only when the graph is freed afterwards."""
+    s, t, y = make(4, 9, torch.float32, teacher_grad=True)
+    loss = adkernels.kd_loss(s, t, y, alpha=0.5, reduction=reduction).sum()
+    g1 = torch.autograd.grad(loss, [s, t], retain_graph=True)
+    g2 = torch.autograd.grad(loss * 3, [s, t], retain_graph=True)
+    g3 = torch.autograd.grad(loss, [s, t])
+    for a, b, c in zip(g1, g2, g3):
+        torch.testing.assert_close(b, 3 * a)
+        torch.testing.assert_close(c, a)

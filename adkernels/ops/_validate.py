@@ -86,14 +86,31 @@ def reduce_rows(rows: torch.Tensor, count: torch.Tensor, reduction: str) -> torc
     return total / count.clamp(min=1).to(total.dtype)
 
 
+def _graph_is_kept() -> bool:
+    """True inside a backward that keeps its graph (retain_graph=True, gradcheck, compiling)."""
+    if torch.compiler.is_compiling():
+        return True
+    try:
+        return bool(torch._C._autograd._get_current_graph_task_keep_graph())
+    except (AttributeError, RuntimeError):  # not inside a graph task / older torch: be safe
+        return True
+
+
 def scale_row_grads(grad, count, reduction, *row_grads):
     """Backward of a loss whose per-row gradients were made in the forward: scale them by the
     incoming gradient (per row for "none", divided by the counted rows for the means).
-    Entries of ``row_grads`` that are None stay None."""
+
+    When the graph is freed after this backward (the usual case) the saved gradients are
+    scaled in place: one pass and no second [N, V] buffer. With retain_graph=True they are
+    scaled into new tensors, so a later backward sees them unchanged. Entries of
+    ``row_grads`` that are None stay None.
+    """
     if reduction == "none":
         scale = grad.unsqueeze(-1)
     elif reduction == "sum":
         scale = grad
     else:
         scale = grad / count.clamp(min=1).to(grad.dtype)
-    return tuple(None if g is None else (g * scale).to(g.dtype) for g in row_grads)
+    if _graph_is_kept():
+        return tuple(None if g is None else (g * scale).to(g.dtype) for g in row_grads)
+    return tuple(None if g is None else g.mul_(scale) for g in row_grads)
