@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .._backend import resolve
-from ._validate import check_float_tensor, check_same, check_target, check_target_range
+from ._validate import _graph_is_kept, check_float_tensor, check_same, check_target, check_target_range
 from .kd import DIVERGENCES, _count, _kd_kernel, _kd_options
 
 
@@ -125,7 +125,10 @@ class FusedLinearKDFunction(torch.autograd.Function):
         else:
             saved = iter(ctx.saved_tensors)
             g = [next(saved) if n else None for n in need]
-            g = [None if t is None else (t * grad).to(t.dtype) for t in g]
+            if _graph_is_kept():
+                g = [None if t is None else (t * grad).to(t.dtype) for t in g]
+            else:  # the graph is freed after this backward: scale the saved gradients in place
+                g = [None if t is None else t.mul_(grad) for t in g]
         return (*g, None, None, None, None, None, None)
 
 
