@@ -107,3 +107,16 @@ def test_module_form():
     m = adkernels.FusedLinearKDLoss(temperature=2.0, alpha=0.5)
     torch.testing.assert_close(m(xs, ws, xt, wt, y),
                                adkernels.fused_linear_kd_loss(xs, ws, xt, wt, y, temperature=2.0, alpha=0.5))
+
+
+@needs_cpp
+def test_retain_graph_backward_twice():
+    xs, ws, bs, xt, wt, bt, y = setup_case(6, 8, 8, 30, torch.float32, True, teacher_grad=True)
+    loss = adkernels.fused_linear_kd_loss(xs, ws, xt, wt, y, student_bias=bs, teacher_bias=bt, alpha=0.5)
+    inputs = [xs, ws, bs, xt, wt, bt]
+    g1 = torch.autograd.grad(loss, inputs, retain_graph=True)
+    g2 = torch.autograd.grad(loss * 2, inputs, retain_graph=True)
+    g3 = torch.autograd.grad(loss, inputs)
+    for a, b, c in zip(g1, g2, g3):
+        torch.testing.assert_close(b, 2 * a)
+        torch.testing.assert_close(c, a)
