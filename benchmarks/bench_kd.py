@@ -458,6 +458,7 @@ def main(argv=None):
                                 use_compile=not args.no_compile, breakdown=breakdown,
                                 measure_memory=not args.quick)
             row["load_avg_1m"] = info["load_avg_1m"]
+            row["commit"] = info["commit"]
             kd_rows.append(row)
             print(f"  [{N}, {V}] {row['dtype']}: fused {fmt(row['fused_ms'])} ms, eager {fmt(row['eager_ms'])} ms, "
                   f"compile {fmt(row['compile_ms'])} ms, floor {fmt(row['floor_ms'])} ms "
@@ -486,13 +487,14 @@ def main(argv=None):
         moved = (5, 3) if not args.teacher_grad else (8, 4)
         print(f"\nwhere the time goes at [4096, 32000] fp32 (fused {r['fused_ms']:.1f} ms):")
         print(f"  bytes: floor {r['floor_GB']:.2f} GB -> {r['floor_ms']:.1f} ms at {r['copy_GBps']:.1f} GB/s (copy); "
-              f"the fused step moves {moved[0]}/{moved[1]} of that: backward reads the saved gradient and "
-              "writes a scaled copy")
+              f"the fused step moves {moved[0]}/{moved[1]} of that: the backward reads and writes the "
+              "forward-made gradient once more to scale it")
         print(f"  forward (kernel, makes the gradient) {r['fused_fwd_ms']:.1f} ms; backward (gradient scaling) "
               f"{r['fused_ms'] - r['fused_fwd_ms']:.1f} ms")
-        print(f"  new output buffers: writing {r['N'] * r['V'] * 4 / 1e9:.2f} GB into a fresh allocation takes "
-              f"{r['fresh_write_ms']:.1f} ms vs {r['write_ms']:.1f} ms into an existing one (first-touch page "
-              "faults); the step allocates two such buffers (kernel gradient, scaled gradient)")
+        print(f"  first touch: writing {r['N'] * r['V'] * 4 / 1e9:.2f} GB into a fresh allocation takes "
+              f"{r['fresh_write_ms']:.1f} ms vs {r['write_ms']:.1f} ms into an existing one (page faults); the "
+              f"fused step's peak extra memory is {r['fused_peak_GiB'] / r['logits_GiB']:.1f} logit-sized buffers, "
+              "each a fresh allocation on every call")
         print(f"  exp: {r['exp_per_elem']} per element -> {r['exp_bound_ms']:.1f} ms at the in-cache torch.exp rate "
               f"{r['exp_rate_Gps']:.2f} G/s ({per_exp:.1f} ms per exp per element); bare torch.exp over N x V: "
               f"{r['exp_big_ms']:.1f} ms")
@@ -503,8 +505,9 @@ def main(argv=None):
                   f"({n_noce}/element) {r['fused_noCE_ms']:.1f} ms -> each exp per element costs about {d:.1f} ms "
                   "in the kernel (T=1 also skips the 1/T scaling)")
         rest = r["fused_ms"] - r["exp_bound_ms"] - r["floor_ms"] * moved[0] / moved[1]
-        print(f"  left after exp-bound time and the step's own bytes at copy speed: {rest:.1f} ms (allocation "
-              "first touch, the extra passes over each row: max, divergence sums, gradient arithmetic)")
+        print(f"  left after exp-bound time and the step's own bytes at copy speed: {rest:.1f} ms (first touch "
+              "of new buffers, the passes over each row's cached buffers: max, divergence sums, gradient "
+              "arithmetic)")
 
     # ---- part 2
     lin_row = None
@@ -516,6 +519,7 @@ def main(argv=None):
         else:
             lin_row, notes = bench_linear(args.quick, device, lin_repeats)
             lin_row["load_avg_1m"] = info["load_avg_1m"]
+            lin_row["commit"] = info["commit"]
             for n in notes:
                 print("note: " + n)
             print_table([lin_row], ["N", "H", "V", "dtype", "fused_ms", "eager_ms", "eager/fused", "fused_peak_GiB",
@@ -527,7 +531,8 @@ def main(argv=None):
                              f"{TARGETS['linear_mem_ratio']}", lin_row["mem_ratio"] <= TARGETS["linear_mem_ratio"]))
 
     png = out / f"bench_kd{suffix}.png"
-    plot(kd_rows, lin_row, png, f"{info['cpu']}, {info['threads']} threads, torch {info['torch']}"
+    plot(kd_rows, lin_row, png, f"{info['cpu']}, {info['threads']} threads, torch {info['torch']}, "
+         f"adkernels {info['commit']}, load average {info['load_avg_1m']}"
          + (" (quick shapes)" if args.quick else ""))
     if verdicts:
         print("\ntargets" + (" (quick shapes: informational only)" if args.quick else "") + ":")
