@@ -1,0 +1,34 @@
+"""Smoke runs of the benchmark scripts at tiny shapes: they import, check fused results against
+eager inside, and produce rows (timings themselves are benchmarks, not tests)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import adkernels
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+needs_cpp = pytest.mark.skipif(not adkernels._C_loaded(), reason="C++ extension not built")
+
+
+@needs_cpp
+def test_bench_kd_tiny_case():
+    import bench_kd
+
+    row = bench_kd.bench_kd_case(64, 300, torch.float32, "cpu", repeats=1, teacher_grad=False,
+                                 use_compile=False, breakdown=False, measure_memory=False)
+    assert row["fused_ms"] > 0 and row["eager_ms"] > 0 and row["floor_ms"] > 0
+    assert row["loss_err"] < 1e-4 and row["grad_err"] < 1e-4
+
+
+@needs_cpp
+def test_bench_attacks_tiny_case():
+    import bench_attacks
+
+    row = bench_attacks.bench_case("linf", torch.float32, "scalar", (4, 3, 8, 8), "cpu", repeats=1, use_compile=False)
+    assert row["fused_ms"] > 0 and row["eager_ms"] > 0
