@@ -3,6 +3,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import torch  # noqa: F401  loads libc10/libtorch, which the compiled extensions link against
+
 _C_error: Exception | None = None
 _cuda_error: Exception | None = None
 try:
