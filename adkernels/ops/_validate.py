@@ -26,6 +26,18 @@ def check_same(op: str, a_name: str, a: torch.Tensor, b_name: str, b: torch.Tens
         raise ValueError(f"{op}: {a_name} is on {a.device} but {b_name} is on {b.device}; move them to one device")
 
 
+def check_logit_pair(op: str, student, teacher, last: str = "V") -> None:
+    """Student and teacher logits: float tensors of one dtype, device and shape [..., last]."""
+    check_float_tensor("student_logits", student, op)
+    check_float_tensor("teacher_logits", teacher, op)
+    check_same(op, "student_logits", student, "teacher_logits", teacher)
+    if student.dim() < 1 or student.shape != teacher.shape:
+        raise ValueError(
+            f"{op}: student_logits and teacher_logits must have the same shape [..., {last}], got "
+            f"{tuple(student.shape)} and {tuple(teacher.shape)}"
+        )
+
+
 def check_positive(op: str, name: str, value: float) -> float:
     value = float(value)
     if not math.isfinite(value) or value <= 0:

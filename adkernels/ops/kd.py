@@ -20,10 +20,9 @@ from torch import Tensor, nn
 from .. import _backend
 from .._backend import resolve
 from ._validate import (
-    check_float_tensor,
+    check_logit_pair,
     check_positive,
     check_reduction,
-    check_same,
     check_target,
     check_target_range,
     check_unit_interval,
@@ -155,14 +154,7 @@ def kd_loss(
         torch.Size([4, 10])
     """
     op = "kd_loss"
-    check_float_tensor("student_logits", student_logits, op)
-    check_float_tensor("teacher_logits", teacher_logits, op)
-    check_same(op, "student_logits", student_logits, "teacher_logits", teacher_logits)
-    if student_logits.dim() < 1 or student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"{op}: student_logits and teacher_logits must have the same shape [..., V], got "
-            f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
-        )
+    check_logit_pair(op, student_logits, teacher_logits)
     opts = _kd_options(op, temperature, alpha, divergence, beta, ignore_index, label_smoothing, reduction, target)
     V = student_logits.shape[-1]
     leading = student_logits.shape[:-1]

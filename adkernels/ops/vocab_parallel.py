@@ -30,8 +30,7 @@ import torch
 from torch import Tensor
 
 from ._validate import (
-    check_float_tensor,
-    check_same,
+    check_logit_pair,
     check_target,
     check_target_range,
     reduce_rows,
@@ -321,14 +320,7 @@ def vocab_parallel_kd_loss(
     from .kd import _count, _kd_options
 
     op = _OP
-    check_float_tensor("student_logits", student_logits, op)
-    check_float_tensor("teacher_logits", teacher_logits, op)
-    check_same(op, "student_logits", student_logits, "teacher_logits", teacher_logits)
-    if student_logits.dim() < 1 or student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"{op}: student_logits and teacher_logits must have the same shape [..., V_local], got "
-            f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
-        )
+    check_logit_pair(op, student_logits, teacher_logits, "V_local")
     opts = _kd_options(op, temperature, alpha, divergence, beta, ignore_index, label_smoothing, reduction, target)
     Vl = student_logits.shape[-1]
     leading = student_logits.shape[:-1]
