@@ -1,16 +1,15 @@
 """kd_loss: reference gradcheck, CPU kernel vs reference (hypothesis), opcheck, compile, errors."""
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
-from hypothesis import assume, given, strategies as st
+from hypothesis import given, strategies as st
 
 import adkernels
 from adkernels.reference import kd_loss as ref_kd_loss
 
-from helpers import TOL, assert_close_to_gt, grads
+from helpers import assert_close_to_gt, grads
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 DIVS = ["kl", "reverse_kl", "jsd"]

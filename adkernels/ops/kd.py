@@ -11,7 +11,6 @@ in the forward pass (one pass over V per row, online softmax); backward only sca
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
