@@ -50,7 +50,7 @@ cuda-build:
 
 lint: install
 	$(PY) -m pip install -q ruff
-	$(VENV)/bin/ruff check adkernels tests benchmarks
+	$(VENV)/bin/ruff check --select E9,F adkernels tests
 
 clean:
 	rm -rf build adkernels/*.so *.egg-info
