@@ -130,7 +130,9 @@ def kd_loss(
         teacher_logits: ``[..., V]``, same dtype and device. Gets a gradient when it requires one
             (a teacher that learns from the student, as in ADIM).
         target: ``[...]`` int64 class indices, or None. Needed when ``alpha < 1``; rows equal to
-            ``ignore_index`` contribute nothing to either term.
+            ``ignore_index`` contribute nothing to either term. Values outside ``[0, V)`` raise a
+            ValueError; inside ``torch.compile`` that check (it reads values) is skipped, the CPU
+            kernel still raises, and the CUDA / Triton kernels give NaN for such rows.
         temperature: T > 0; both distributions are softened by T and the divergence is scaled
             by T^2 (Hinton et al.).
         alpha: weight of the divergence in [0, 1]; ``1 - alpha`` weights the cross entropy.
