@@ -38,3 +38,33 @@ def assert_close_to_gt(fast, ref, gt, dtype, k=2.0, name=""):
             f"{name}: {int((~ok).sum())} of {ok.numel()} elements off; first at {i}: "
             f"fast={fast[i].item()!r} ref={ref[i].item()!r} gt={gt[i].item()!r} budget={budget[i].item()!r}"
         )
+
+
+def require_backend(backend: str, device: str = "cuda") -> None:
+    """Skip (or fail, under ADKERNELS_REQUIRE_GPU_BACKENDS=1, as benchmarks/gpu_suite.sh sets)
+    when ``backend`` cannot run on ``device`` tensors here, so a broken build cannot pass as
+    skipped tests."""
+    import importlib.util
+    import os
+
+    import pytest
+
+    import adkernels
+    from adkernels import _backend
+
+    why = None
+    if backend == "cuda" and not adkernels._cuda_loaded():
+        why = f"CUDA extension not built: {adkernels._cuda_error or adkernels._C_error}"
+    elif backend == "triton" and importlib.util.find_spec("triton") is None:
+        why = "triton is not installed"
+    elif not _backend.backend_available(backend, torch.device(device)):
+        why = f"backend {backend!r} is not available for {device} tensors"
+    if why is None:
+        with adkernels.use_backend(backend):
+            got = _backend.resolve(torch.device(device))
+        if got != backend:
+            why = f"backend {backend!r} resolves to {got!r}"
+    if why is not None:
+        if os.environ.get("ADKERNELS_REQUIRE_GPU_BACKENDS", "0") == "1":
+            pytest.fail(why)
+        pytest.skip(why)

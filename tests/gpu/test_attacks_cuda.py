@@ -8,41 +8,24 @@ fails them under ADKERNELS_REQUIRE_GPU_BACKENDS=1 (benchmarks/gpu_suite.sh).
 """
 from __future__ import annotations
 
-import importlib.util
-import os
 
 import pytest
 import torch
 
 import adkernels
-from adkernels import _backend
 from adkernels.reference import attacks as ref
+
+from helpers import require_backend
 
 pytestmark = pytest.mark.gpu
 
 DEVICE = "cuda"
 BACKENDS = ["cuda", "triton"]
-REQUIRE = os.environ.get("ADKERNELS_REQUIRE_GPU_BACKENDS", "0") == "1"
 BOUNDS = ["none", "scalar", "channel", "element", "sample", "mixed"]
 
 
 def require(backend: str) -> None:
-    why = None
-    if backend == "cuda" and not adkernels._cuda_loaded():
-        why = f"CUDA extension not built: {adkernels._cuda_error or adkernels._C_error}"
-    elif backend == "triton" and importlib.util.find_spec("triton") is None:
-        why = "triton is not installed"
-    elif not _backend.backend_available(backend, torch.device(DEVICE)):
-        why = f"backend {backend!r} is not available for CUDA tensors"
-    if why is None:
-        with adkernels.use_backend(backend):
-            got = _backend.resolve(torch.device(DEVICE))
-        if got != backend:
-            why = f"backend {backend!r} resolves to {got!r}"
-    if why is not None:
-        if REQUIRE:
-            pytest.fail(why)
-        pytest.skip(why)
+    require_backend(backend, DEVICE)
 
 
 def make(shape, dtype=torch.float32, grad_dtype=None, seed=0, layout="contiguous"):

@@ -10,8 +10,6 @@ reference on the same (rounded) inputs (tests/helpers.py: assert_close_to_gt).
 """
 from __future__ import annotations
 
-import importlib.util
-import os
 
 import pytest
 import torch
@@ -20,7 +18,7 @@ import adkernels
 from adkernels import _backend
 from adkernels.reference import kd_loss as ref_kd_loss
 
-from helpers import assert_close_to_gt, grads
+from helpers import assert_close_to_gt, grads, require_backend
 
 pytestmark = pytest.mark.gpu
 
@@ -31,27 +29,10 @@ DIVS = ["kl", "reverse_kl", "jsd"]
 DIV_ID = {"kl": 0, "reverse_kl": 1, "jsd": 2}
 # Odd vocabularies (not multiples of a block or vector width) and the sizes of real LMs.
 SHAPES = [(41, 1271), (5, 32000), (3, 128256)]
-REQUIRE = os.environ.get("ADKERNELS_REQUIRE_GPU_BACKENDS", "0") == "1"
 
 
 def require(backend: str, device: str = DEVICE) -> None:
-    """Skip (or fail, under ADKERNELS_REQUIRE_GPU_BACKENDS=1) when ``backend`` cannot run here."""
-    why = None
-    if backend == "cuda" and not adkernels._cuda_loaded():
-        why = f"CUDA extension not built: {adkernels._cuda_error or adkernels._C_error}"
-    elif backend == "triton" and importlib.util.find_spec("adkernels.triton.kd") is None:
-        why = "adkernels.triton.kd is not there"
-    elif not _backend.backend_available(backend, torch.device(device)):
-        why = f"backend {backend!r} is not available for {device} tensors"
-    if why is None:
-        with adkernels.use_backend(backend):
-            got = _backend.resolve(torch.device(device))
-        if got != backend:
-            why = f"backend {backend!r} resolves to {got!r}"
-    if why is not None:
-        if REQUIRE:
-            pytest.fail(why)
-        pytest.skip(why)
+    require_backend(backend, device)
 
 
 def make(n, v, dtype, *, device=None, scale=3.0, seed=0, ignore="none", ignore_index=-100, neg_inf=False):
