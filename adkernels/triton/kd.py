@@ -34,6 +34,13 @@ _NEG_INF = tl.constexpr(float("-inf"))
 
 
 @triton.jit
+def _prob_and_log(z, m, invT, inv_sum, log_sum):
+    """p = softmax(z / T) and log p of a block, from the row's max m and sum of exp."""
+    x = (z - m) * invT
+    return tl.exp(x) * inv_sum, x - log_sum
+
+
+@triton.jit
 def _kd_fwd_kernel(
     s_ptr, t_ptr, y_ptr, loss_ptr, gs_ptr, gt_ptr,
     V, ignore_index,
@@ -122,12 +129,8 @@ def _kd_fwd_kernel(
             mask = cols < V
             zs = tl.load(s_row + cols, mask=mask, other=_NEG_INF).to(ACC)
             zt = tl.load(t_row + cols, mask=mask, other=_NEG_INF).to(ACC)
-            xs = (zs - ms) * invT
-            xt = (zt - mt) * invT
-            ps = tl.exp(xs) * inv_ss
-            pt = tl.exp(xt) * inv_st
-            lps = xs - log_ss
-            lpt = xt - log_st
+            ps, lps = _prob_and_log(zs, ms, invT, inv_ss, log_ss)
+            pt, lpt = _prob_and_log(zt, mt, invT, inv_st, log_st)
             # p > 0 guards give 0 log 0 = 0 (also on masked lanes, where p = 0).
             if DIV == 0:
                 vt += tl.where(pt > 0, pt * (lpt - lps), 0.0)
@@ -183,12 +186,8 @@ def _kd_fwd_kernel(
             g_t = tl.zeros([BLOCK], ACC)
             if NEED_DIV:
                 zt = tl.load(t_row + cols, mask=mask, other=_NEG_INF).to(ACC)
-                xs = (zs - ms) * invT
-                xt = (zt - mt) * invT
-                ps = tl.exp(xs) * inv_ss
-                pt = tl.exp(xt) * inv_st
-                lps = xs - log_ss
-                lpt = xt - log_st
+                ps, lps = _prob_and_log(zs, ms, invT, inv_ss, log_ss)
+                pt, lpt = _prob_and_log(zt, mt, invT, inv_st, log_st)
                 if DIV == 0:
                     ds = ps - pt
                     dt = tl.where(pt > 0, pt * ((lpt - lps) - acc_t), 0.0)
