@@ -62,7 +62,7 @@ class Build(BuildExtension):
                 macros, objects, extra, pp_opts, build = self.compiler._setup_compile(
                     output_dir, macros, include_dirs, sources, depends, extra_postargs)
                 cc_args = self.compiler._get_cc_args(pp_opts, debug, extra_preargs)
-                jobs = [(obj, *build[obj]) for obj in objects if obj in build]
+                jobs = [(obj, *build[obj]) for obj in objects if obj in build and stale(obj, build[obj][0])]
                 with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
                     list(pool.map(lambda j: compile_one(j[0], j[1], j[2], cc_args, extra, pp_opts), jobs))
                 return objects
@@ -75,6 +75,18 @@ class Build(BuildExtension):
                 self.compiler.compile = original_compile
         else:
             super().build_extension(ext)
+
+
+def stale(obj, src):
+    """Recompile an object only if it is missing or older than its source, the kernel file an
+    ISA wrapper includes, or any header (headers are shared, so a header change rebuilds all)."""
+    if not os.path.exists(obj):
+        return True
+    inputs = [src] + HEADERS
+    if isa_of(src):
+        inputs.append(open(src).read().split('"')[1])
+    built = os.path.getmtime(obj)
+    return any(os.path.getmtime(p) > built for p in inputs)
 
 
 def isa_sources():
@@ -94,7 +106,9 @@ def isa_sources():
     return sources
 
 
-# Any change to a header or kernel source rebuilds the objects (the ISA wrappers only #include).
+# Any change to a header or kernel source relinks the extension (the ISA wrappers only #include);
+# stale() decides which objects are recompiled.
+HEADERS = sorted(glob.glob(os.path.join(ROOT, "csrc", "**", "*.h"), recursive=True))
 DEPENDS = sorted(glob.glob("csrc/**/*.h", recursive=True) + glob.glob("csrc/cpu/*.cpp"))
 
 
