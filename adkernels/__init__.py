@@ -35,6 +35,7 @@ from .ops.kd import (  # noqa: E402
     vocab_parallel_kd_loss,
 )
 from .ops.attacks import pgd_step, pgd_step_, sign_step, sign_step_  # noqa: E402
+from . import attacks  # noqa: E402  model-level fgsm / pgd (adkernels.attacks.*)
 
 __all__ = [
     "kd_loss",
@@ -46,6 +47,7 @@ __all__ = [
     "sign_step_",
     "pgd_step",
     "pgd_step_",
+    "attacks",
     "use_backend",
     "current_backend",
     "set_default_backend",
