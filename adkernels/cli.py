@@ -8,8 +8,14 @@ import sys
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:  # adkernels.train parses the recipe's own options
+        from .train import main as train_main
+
+        return train_main(argv[1:])
     parser = argparse.ArgumentParser(prog="adkernels", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("train", help="train with a recipe (adkernels train --recipe adim --help; --list-recipes)")
     sub.add_parser("info", help="versions, built backends, CPU ISA, CUDA/Triton availability")
     bench = sub.add_parser("bench", help="run a benchmark script from benchmarks/ (source checkout)")
     bench.add_argument("name", nargs="?", default="kd", help="benchmark name: kd")

@@ -9,17 +9,32 @@
 - :mod:`.checkpoint`: DCP checkpoints (sharded, atomic, resumable).
 - :mod:`.recipe`: :class:`DistillLMConfig`, :func:`run` (teacher, scratch and distilled
   students; FSDP2 or DDP under torchrun).
-"""
-from .data import BOS, EOS, PAD, VOCAB_SIZE, WindowDataset, token_stream
-from .loss import ce_sum, kd_sum, topk_kd_sum, vocab_parallel_kd_sum
-from .models import GPT, CausalLM, GPTConfig, HFCausalLM, check_causal_lm
-from .recipe import DistillLMConfig, Objective, evaluate, run, train_phase
-from .shards import TeacherShards, precompute_teacher
 
-__all__ = [
-    "BOS", "EOS", "PAD", "VOCAB_SIZE", "WindowDataset", "token_stream",
-    "ce_sum", "kd_sum", "topk_kd_sum", "vocab_parallel_kd_sum",
-    "GPT", "GPTConfig", "CausalLM", "HFCausalLM", "check_causal_lm",
-    "DistillLMConfig", "Objective", "evaluate", "run", "train_phase",
-    "TeacherShards", "precompute_teacher",
-]
+Names are imported on first use (``adkernels.train.lm.run``), so the command line stays quick.
+"""
+from importlib import import_module
+
+_EXPORTS = {
+    "BOS": "data", "EOS": "data", "PAD": "data", "VOCAB_SIZE": "data", "WindowDataset": "data",
+    "token_stream": "data",
+    "ce_sum": "loss", "kd_sum": "loss", "topk_kd_sum": "loss", "vocab_parallel_kd_sum": "loss",
+    "GPT": "models", "GPTConfig": "models", "CausalLM": "models", "HFCausalLM": "models",
+    "check_causal_lm": "models",
+    "DistillLMConfig": "recipe", "Objective": "recipe", "evaluate": "recipe", "run": "recipe",
+    "train_phase": "recipe",
+    "TeacherShards": "shards", "precompute_teacher": "shards",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    mod = _EXPORTS.get(name)
+    if mod is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{mod}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

