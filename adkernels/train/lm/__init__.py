@@ -20,7 +20,7 @@ _EXPORTS = {
     "ce_sum": "loss", "kd_sum": "loss", "topk_kd_sum": "loss", "vocab_parallel_kd_sum": "loss",
     "GPT": "models", "GPTConfig": "models", "CausalLM": "models", "HFCausalLM": "models",
     "check_causal_lm": "models",
-    "DistillLMConfig": "recipe", "Objective": "recipe", "evaluate": "recipe", "run": "recipe",
+    "DistillLMConfig": "config", "Objective": "recipe", "evaluate": "recipe", "run": "recipe",
     "train_phase": "recipe",
     "TeacherShards": "shards", "precompute_teacher": "shards",
 }
@@ -38,3 +38,25 @@ def __getattr__(name):
 
 def __dir__():
     return sorted(list(globals()) + __all__)
+
+
+def _register() -> None:
+    """Register ``distill_lm`` with the trainer's recipe registry (when there is one)."""
+    try:
+        from .. import RECIPES, register_recipe
+    except ImportError:  # adkernels.train without a registry: python -m adkernels.train.lm still works
+        return
+    if "distill_lm" in RECIPES:
+        return
+    from .config import DistillLMConfig
+
+    def run_distill_lm(cfg):
+        from .recipe import run_registered
+
+        return run_registered(cfg)
+
+    register_recipe("distill_lm", DistillLMConfig, run_distill_lm,
+                    help="LLM distillation: byte-level GPT teacher -> smaller student (fused-linear KD, FSDP2)")
+
+
+_register()

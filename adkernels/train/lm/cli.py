@@ -18,7 +18,9 @@ from typing import List, Optional
 
 
 def _field_type(f):
-    hints = typing.get_type_hints(__import__("adkernels.train.lm.recipe", fromlist=["x"]).DistillLMConfig)
+    from .config import DistillLMConfig
+
+    hints = typing.get_type_hints(DistillLMConfig)
     t = hints[f.name]
     args = [a for a in typing.get_args(t) if a is not type(None)]
     return args[0] if args else t
@@ -26,10 +28,10 @@ def _field_type(f):
 
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add one ``--flag`` per :class:`DistillLMConfig` field (defaults from the dataclass)."""
-    from .recipe import DistillLMConfig
+    from .config import DistillLMConfig
 
     for f in dataclasses.fields(DistillLMConfig):
-        if f.name == "extra":
+        if f.name == "recipe":
             continue
         t = _field_type(f)
         flag = "--" + f.name.replace("_", "-")
@@ -42,9 +44,9 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 
 
 def config_from_args(args) -> "DistillLMConfig":
-    from .recipe import DistillLMConfig
+    from .config import DistillLMConfig
 
-    names = {f.name for f in dataclasses.fields(DistillLMConfig)} - {"extra"}
+    names = {f.name for f in dataclasses.fields(DistillLMConfig)} - {"recipe"}
     return DistillLMConfig(**{k: v for k, v in vars(args).items() if k in names})
 
 

@@ -29,7 +29,7 @@ import adkernels
 from .data import IGNORE_INDEX
 
 # Names the fused-linear form of the sparse top-k KD op may be exported under.
-TOPK_FUSED_NAMES = ("fused_linear_topk_kd_loss",)
+TOPK_FUSED_NAMES = ("fused_linear_topk_kd_loss", "topk_fused_linear_kd_loss")
 
 
 def _flat(h: Tensor) -> Tensor:
@@ -76,16 +76,27 @@ def topk_fused_op():
 def topk_kd_sum(student_hidden: Tensor, student_weight: Tensor, topk_ids: Tensor, topk_logprobs: Tensor,
                 labels: Optional[Tensor], *, temperature: float = 1.0, alpha: float = 0.5,
                 divergence: str = "kl", beta: float = 0.5, ignore_index: int = IGNORE_INDEX,
-                chunk_size: Optional[int] = None, topk_mode: Optional[str] = None) -> Tensor:
-    """Sum over counted tokens of the KD loss against a sparse (top-k) teacher."""
+                chunk_size: Optional[int] = None, topk_tail: Optional[str] = None,
+                student_bias: Optional[Tensor] = None) -> Tensor:
+    """Sum over counted tokens of the KD loss against a sparse (top-k) teacher.
+
+    ``topk_tail``: ``"renorm"`` (KL over the teacher's top-k support, both distributions
+    renormalized on it) or ``"bucket"`` (the mass outside the top k as one more bin); None:
+    the op's default.
+    """
+    import inspect
+
     fn = topk_fused_op()
+    params = inspect.signature(fn).parameters
     k = topk_ids.shape[-1]
-    opts = dict(temperature=temperature, alpha=alpha, divergence=divergence, beta=beta,
-                ignore_index=ignore_index, reduction="sum")
-    if chunk_size is not None:
-        opts["chunk_size"] = chunk_size
-    if topk_mode is not None:
-        opts["mode"] = topk_mode
+    opts = dict(temperature=temperature, alpha=alpha, ignore_index=ignore_index, reduction="sum")
+    if divergence != "kl" or "divergence" in params:
+        if "divergence" not in params:
+            raise ValueError(f"the sparse top-k KD op supports only divergence='kl', got {divergence!r}")
+        opts.update(divergence=divergence, beta=beta)
+    for name, val in (("chunk_size", chunk_size), ("tail", topk_tail), ("student_bias", student_bias)):
+        if val is not None:
+            opts[name] = val
     return fn(_flat(student_hidden), student_weight, topk_ids.reshape(-1, k), topk_logprobs.reshape(-1, k),
               None if labels is None else labels.reshape(-1), **opts)
 

@@ -28,7 +28,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -37,84 +37,8 @@ from torch import Tensor, nn
 from . import checkpoint as ckpt
 from .data import IGNORE_INDEX, PAD, VOCAB_SIZE, WindowDataset, batches, token_stream
 from .loss import ce_sum, kd_sum, topk_fused_op, topk_kd_sum
+from .config import PHASES, DistillLMConfig  # noqa: F401  (re-exported)
 from .models import GPT, GPTConfig, check_causal_lm
-
-PHASES = ("teacher", "scratch", "distill")
-
-
-@dataclass
-class DistillLMConfig:
-    """Options of the ``distill_lm`` recipe (CLI flags: the same names with dashes)."""
-
-    out_dir: str = "runs/distill_lm"
-    phases: str = "teacher,scratch,distill"
-    # data
-    seq_len: int = 128
-    batch_size: int = 16  # global batch, in windows of seq_len tokens
-    prompt_len: int = 0  # labels of the first prompt_len positions are ignored
-    max_train_tokens: Optional[int] = None
-    max_val_tokens: Optional[int] = None
-    # models (built-in GPT)
-    teacher_layers: int = 3
-    teacher_dim: int = 192
-    teacher_heads: int = 6
-    student_layers: int = 2
-    student_dim: int = 96
-    student_heads: int = 4
-    teacher_ckpt: Optional[str] = None  # a finished teacher phase directory to reuse
-    # optimization
-    teacher_steps: int = 300
-    student_steps: int = 300
-    lr: float = 3e-3
-    teacher_lr: Optional[float] = None
-    warmup: int = 20
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    # distillation
-    temperature: float = 1.0
-    alpha: float = 0.5
-    divergence: str = "kl"
-    beta: float = 0.5
-    chunk_size: Optional[int] = None
-    teacher_logits: Optional[str] = None  # precomputed top-k teacher shards
-    topk_mode: Optional[str] = None  # passed to the top-k op (renormalized support / tail bucket)
-    shard_windows: int = 64  # windows per data block (and per teacher shard)
-    # runtime
-    seed: int = 0
-    dist: str = "auto"  # auto | fsdp | ddp | none
-    eval_every: int = 0  # 0: evaluate at the end of each phase only
-    ckpt_every: int = 100
-    keep_ckpts: int = 2
-    log_every: int = 25
-    threads: Optional[int] = None
-    stop_after: Optional[int] = None  # stop a phase after this global step (simulates a kill)
-    extra: Dict = field(default_factory=dict)
-
-    def teacher_config(self) -> GPTConfig:
-        return GPTConfig(vocab_size=VOCAB_SIZE, seq_len=self.seq_len, n_layer=self.teacher_layers,
-                         n_head=self.teacher_heads, d_model=self.teacher_dim)
-
-    def student_config(self) -> GPTConfig:
-        return GPTConfig(vocab_size=VOCAB_SIZE, seq_len=self.seq_len, n_layer=self.student_layers,
-                         n_head=self.student_heads, d_model=self.student_dim)
-
-    def validate(self) -> None:
-        bad = [p for p in self.phase_list() if p not in PHASES]
-        if bad:
-            raise ValueError(f"phases must be among {PHASES}, got {bad}")
-        if self.divergence not in ("kl", "reverse_kl", "jsd"):
-            raise ValueError(f"divergence must be kl, reverse_kl or jsd, got {self.divergence!r}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.dist not in ("auto", "fsdp", "ddp", "none"):
-            raise ValueError(f"dist must be auto, fsdp, ddp or none, got {self.dist!r}")
-
-    def phase_list(self) -> List[str]:
-        return [p.strip() for p in self.phases.split(",") if p.strip()]
-
 
 # ---- distributed context ----------------------------------------------------------------------
 
@@ -175,13 +99,13 @@ class Objective(nn.Module):
     """
 
     def __init__(self, model: nn.Module, kd: Optional[dict] = None, chunk_size: Optional[int] = None,
-                 topk_mode: Optional[str] = None):
+                 topk_tail: Optional[str] = None):
         super().__init__()
         check_causal_lm(model)
         self.model = model
         self.kd = dict(kd or {})
         self.chunk_size = chunk_size
-        self.topk_mode = topk_mode
+        self.topk_tail = topk_tail
 
     def forward(self, input_ids: Tensor, labels: Optional[Tensor] = None, mode: str = "ce",
                 teacher_hidden: Optional[Tensor] = None, teacher_weight: Optional[Tensor] = None,
@@ -198,7 +122,7 @@ class Objective(nn.Module):
                           student_bias=b, **self.kd)
         if mode == "topk":
             return topk_kd_sum(h, w, topk_ids, topk_logprobs, labels, chunk_size=self.chunk_size,
-                               topk_mode=self.topk_mode, **self.kd)
+                               topk_tail=self.topk_tail, student_bias=b, **self.kd)
         raise ValueError(f"unknown mode {mode!r}")
 
 
@@ -289,7 +213,7 @@ def train_phase(name: str, model: nn.Module, cfg: DistillLMConfig, ctx: DistCont
     log = log or _Logger(ctx, None)
     phase_dir = os.path.join(cfg.out_dir, name)
     kd = dict(temperature=cfg.temperature, alpha=cfg.alpha, divergence=cfg.divergence, beta=cfg.beta)
-    obj = wrap(Objective(model, kd=kd, chunk_size=cfg.chunk_size, topk_mode=cfg.topk_mode), ctx)
+    obj = wrap(Objective(model, kd=kd, chunk_size=cfg.chunk_size, topk_tail=cfg.topk_tail), ctx)
     if ctx.rank == 0:
         os.makedirs(phase_dir, exist_ok=True)
         cfg_json = dict(model=model.config.to_dict()) if hasattr(model, "config") and hasattr(model.config, "to_dict") else {}
@@ -464,9 +388,18 @@ def run(cfg: DistillLMConfig, *, teacher: Optional[nn.Module] = None, student_fa
             results["distill"] = train_phase("distill", new_student(), cfg, ctx, train, val, steps=cfg.student_steps,
                                              lr=cfg.lr, kind="kd", teacher=tobj, log=log)
     summary = {k: {m: v for m, v in r.items() if m != "curve"} for k, r in results.items()}
+    results["summary"] = summary
     if ctx.rank == 0:
         with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
-        rows = [f"{k:8s} val ppl {r['val_ppl']:.3f}" for k, r in results.items() if "val_ppl" in r]
+        rows = [f"{k:8s} val ppl {r['val_ppl']:.3f}" for k, r in summary.items() if "val_ppl" in r]
         log.say("distill_lm validation perplexity:\n  " + "\n  ".join(rows))
     return results
+
+
+def run_registered(cfg: DistillLMConfig) -> Dict:
+    """``run`` in the shape the trainer's registry expects (``adkernels train --recipe distill_lm``)."""
+    res = run(cfg)
+    final = {f"{k}_val_ppl": float(r["val_ppl"]) for k, r in res.get("summary", {}).items() if "val_ppl" in r}
+    stopped = any("stopped" in r for k, r in res.items() if k != "summary")
+    return dict(out_dir=cfg.out_dir, final=final, stopped=stopped, phases=res.get("summary", {}))
