@@ -35,6 +35,15 @@ from .ops.kd import (  # noqa: E402
     vocab_parallel_kd_loss,
 )
 from .ops.attacks import pgd_step, pgd_step_, sign_step, sign_step_  # noqa: E402
+from .ops.adversarial import (  # noqa: E402
+    REAL,
+    STUDENT,
+    TEACHER,
+    binary_adversarial_loss,
+    discriminator_loss,
+    generator_loss,
+    label_conditioned_scores,
+)
 from . import attacks  # noqa: E402  model-level fgsm / pgd (adkernels.attacks.*)
 
 __all__ = [
@@ -47,6 +56,13 @@ __all__ = [
     "sign_step_",
     "pgd_step",
     "pgd_step_",
+    "REAL",
+    "STUDENT",
+    "TEACHER",
+    "discriminator_loss",
+    "generator_loss",
+    "label_conditioned_scores",
+    "binary_adversarial_loss",
     "attacks",
     "use_backend",
     "current_backend",

@@ -34,6 +34,26 @@ TORCH_LIBRARY(adkernels, m) {
   m.def(
       "pgd_step_(Tensor(a!) x_adv, Tensor grad, Tensor x_nat, Tensor step, Tensor eps, int norm, Tensor? lo, "
       "Tensor? hi, int bound_inner) -> ()");
+  // Adversarial losses (adversarial_math.h). adv_source_fwd: three-way discriminator /
+  // generator loss. d_logits [N, 3] (parameterization 0, softmax) or [N, 2] (1, binary tree)
+  // contiguous; source [N] int64 in {0 REAL, 1 STUDENT, 2 TEACHER} ({1, 2} for generator modes;
+  // other values raise on CPU, give NaN rows on GPU). mode: 0 discriminator (-log D_src),
+  // 1 minimax generator (+log D_src), 2 non-saturating generator (-log(1 - D_src)).
+  // Returns (rows [N] fp32 (fp64 for fp64): c_src * loss_n, with c_i = w_i / max(1, count_i)
+  // when per_source_mean else w_i; d rows_n / d d_logits [N, K] in the input dtype or empty).
+  m.def(
+      "adv_source_fwd(Tensor d_logits, Tensor source, float w_real, float w_student, float w_teacher, "
+      "int parameterization, int mode, bool per_source_mean, bool need_grad) -> (Tensor, Tensor)");
+  // adv_binary_fwd: GAN losses on raw scores. real [Mr] (None for non-relativistic generator
+  // sides), fake [Mf], contiguous 1-d, one dtype. kind: 0 bce, 1 hinge, 2 lsgan, 3 wgan,
+  // 4 relativistic (pairs r - f, Mr == Mf); side: 0 discriminator, 1 generator,
+  // 2 generator_nonsat (bce). Real terms scaled by real_scale, fake (and pair) terms by
+  // fake_scale. Returns (per_element: terms [M], real + fake term per index (Mr == Mf);
+  // else partial sums [ceil(M / 4096)] of the scaled terms, M = max(Mr, Mf);
+  // d / d real [Mr] or empty; d / d fake [Mf] or empty), gradients scaled likewise.
+  m.def(
+      "adv_binary_fwd(Tensor? real, Tensor fake, int kind, int side, float real_label, float real_scale, "
+      "float fake_scale, bool per_element, bool grad_real, bool grad_fake) -> (Tensor, Tensor, Tensor)");
   // The instruction set the CPU kernels run with (DEFAULT, AVX2, AVX512); ADKERNELS_CPU_ISA
   // lowers it (for tests and comparisons).
   m.def("cpu_isa() -> str", &adkernels::cpu::cpu_isa);
