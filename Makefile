@@ -9,7 +9,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # A CPU build of torch, pinned: an unpinned torch would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
-DEPS := numpy ninja pytest hypothesis expecttest matplotlib safetensors triton==3.9.0
+DEPS := numpy ninja pytest hypothesis expecttest matplotlib safetensors triton==3.9.0 scikit-learn
 STAMP := $(VENV)/.deps-installed
 
 .PHONY: install build test test-py test-cpp run bench cuda-build lint clean info
