@@ -124,5 +124,19 @@ def vocab_parallel_kd_sum(student_hidden: Tensor, student_weight_shard: Tensor, 
         divergence=divergence, beta=beta, ignore_index=ignore_index, reduction="sum")
 
 
+def vocab_shard(weight: Tensor, group=None):
+    """This rank's rows of a ``[V, H]`` lm_head weight under vocab (tensor) parallelism over
+    ``group`` (a process group, e.g. ``mesh.get_group("tp")`` of a DeviceMesh): the
+    ``torch.chunk`` split (ranks get ``ceil(V / world)`` rows, the last ones fewer), as
+    ``(weight_shard, vocab_start_index)``."""
+    import torch.distributed as dist
+
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    V = weight.shape[0]
+    step = -(-V // world)
+    start = min(V, rank * step)
+    return weight[start:min(V, start + step)], start
+
+
 def counted(labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
     return (labels != ignore_index).sum()
