@@ -32,3 +32,11 @@ def test_bench_attacks_tiny_case():
 
     row = bench_attacks.bench_case("linf", torch.float32, "scalar", (4, 3, 8, 8), "cpu", repeats=1, use_compile=False)
     assert row["fused_ms"] > 0 and row["eager_ms"] > 0
+
+
+@needs_cpp
+def test_bench_pgd_e2e_tiny_case():
+    import bench_pgd_e2e
+
+    row = bench_pgd_e2e.bench_case(2, 8, 4, 2, "channels_last", "cpu", repeats=1, ta=None)  # checks equality inside
+    assert row["adkernels_ms"] > 0 and row["model_only_ms"] > 0 and row["channels_last_kept"]
