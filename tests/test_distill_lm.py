@@ -24,10 +24,10 @@ HAS_TOPK = any(getattr(adkernels, n, None) is not None for n in TOPK_FUSED_NAMES
 
 
 def tiny_cfg(out, **kw):
-    base = dict(out_dir=str(out), seq_len=16, batch_size=4, max_train_tokens=6000, max_val_tokens=800,
+    base = dict(out_dir=str(out), seq_len=16, batch_size=4, max_train_tokens=6000, max_val_tokens=400,
                 teacher_layers=1, teacher_dim=32, teacher_heads=2, student_layers=1, student_dim=16,
                 student_heads=2, teacher_steps=4, student_steps=4, warmup=1, log_every=0, ckpt_every=2,
-                shard_windows=16, threads=None, alpha=0.5, temperature=2.0)
+                shard_windows=16, threads=1, alpha=0.5, temperature=2.0)
     base.update(kw)
     return DistillLMConfig(**base)
 

@@ -22,7 +22,10 @@ def _cfg(out, **kw):
     return tiny_cfg(out, **kw)
 
 
-def _worker(rank, init_file, out_dir):
+QUICK = dict(teacher_steps=2, student_steps=2)
+
+
+def _worker(rank, init_file, out_dir, full):
     import sys
 
     import torch.distributed as dist
@@ -39,15 +42,16 @@ def _worker(rank, init_file, out_dir):
     quiet = dict(echo=lambda s: None)
     res = {}
     try:
-        fsdp = run(_cfg(os.path.join(out_dir, "fsdp")), **quiet)
+        fsdp = run(_cfg(os.path.join(out_dir, "fsdp"), **({} if full else QUICK)), **quiet)
         res["fsdp"] = {k: v["curve"] for k, v in fsdp.items() if k != "summary"}
         res["fsdp_summary"] = fsdp["summary"]
-        steps = dict(student_steps=6, phases="scratch", ckpt_every=2)
-        part = run(_cfg(os.path.join(out_dir, "resume"), stop_after=3, **steps), **quiet)
-        rest = run(_cfg(os.path.join(out_dir, "resume"), **steps), **quiet)
-        res["resume"] = part["scratch"]["curve"][:2] + rest["scratch"]["curve"]
-        ddp = run(_cfg(os.path.join(out_dir, "ddp"), phases="scratch", dist="ddp"), **quiet)
-        res["ddp"] = ddp["scratch"]["curve"]
+        if full:
+            steps = dict(student_steps=6, phases="scratch", ckpt_every=2)
+            part = run(_cfg(os.path.join(out_dir, "resume"), stop_after=3, **steps), **quiet)
+            rest = run(_cfg(os.path.join(out_dir, "resume"), **steps), **quiet)
+            res["resume"] = part["scratch"]["curve"][:2] + rest["scratch"]["curve"]
+            ddp = run(_cfg(os.path.join(out_dir, "ddp"), phases="scratch", dist="ddp"), **quiet)
+            res["ddp"] = ddp["scratch"]["curve"]
 
         # vocab-parallel lm_heads on a 1-D "tp" mesh
         mesh = init_device_mesh("cpu", (WORLD,), mesh_dim_names=("tp",))
@@ -61,7 +65,7 @@ def _worker(rank, init_file, out_dir):
         y = torch.randint(0, V, (3, 4), generator=g)
         y[0, 0] = -100
         out = {}
-        for div in ("kl", "jsd"):
+        for div in (("kl", "jsd") if full else ("kl",)):
             opts = dict(temperature=2.0, alpha=0.4, divergence=div)
             w_local, start = vocab_shard(ws, group)
             w_local = w_local.clone().requires_grad_()
@@ -84,22 +88,33 @@ def _worker(rank, init_file, out_dir):
         dist.destroy_process_group()
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
+def _spawn(d, full):
     import torch.multiprocessing as mp
 
-    d = tmp_path_factory.mktemp("distill_lm_dist")
-    mp.spawn(_worker, args=(str(d / "store"), str(d)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(str(d / "store"), str(d), full), nprocs=WORLD, join=True)
     return [torch.load(d / f"rank{r}.pt") for r in range(WORLD)]
 
 
 @pytest.fixture(scope="module")
-def single(tmp_path_factory):
+def quick(tmp_path_factory):
+    return _spawn(tmp_path_factory.mktemp("distill_lm_quick"), False)
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    return _spawn(tmp_path_factory.mktemp("distill_lm_full"), True)
+
+
+def _single(d, **kw):
     from adkernels.train.lm.recipe import run
 
-    d = tmp_path_factory.mktemp("distill_lm_single")
-    res = run(_cfg(d / "one"), echo=lambda s: None)
+    res = run(_cfg(d, **kw), echo=lambda s: None)
     return {k: v["curve"] for k, v in res.items() if k != "summary"}, res["summary"]
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    return _single(tmp_path_factory.mktemp("distill_lm_single"))
 
 
 def _close(a, b, rtol=2e-5):
@@ -108,6 +123,20 @@ def _close(a, b, rtol=2e-5):
         assert abs(x - y) <= rtol * abs(y) + 1e-6, (s, x, y)
 
 
+def test_quick_fsdp_and_vocab_parallel_two_processes(quick, tmp_path):
+    """Default run: FSDP2 over 2 gloo processes, 2 steps of every phase (the frozen FSDP teacher
+    included), against 1 process; and the vocab-parallel lm_head loss (kl)."""
+    curves, summary = _single(tmp_path, **QUICK)
+    for phase in ("teacher", "scratch", "distill"):
+        assert len(curves[phase]) == 2
+        for res in quick:
+            _close(res["fsdp"][phase], curves[phase])
+        assert quick[0]["fsdp_summary"][phase]["val_ppl"] == pytest.approx(summary[phase]["val_ppl"], rel=1e-4)
+    r = quick[0]["vocab_parallel"]["kl"]
+    assert r["loss"] == pytest.approx(r["want"], rel=1e-10) and r["gh"] < 1e-10 and r["gw"] < 1e-10
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("phase", ["teacher", "scratch", "distill"])
 def test_fsdp_two_processes_same_loss_curve_as_one(ranks, single, phase):
     curves, _ = single
@@ -117,6 +146,7 @@ def test_fsdp_two_processes_same_loss_curve_as_one(ranks, single, phase):
     assert ranks[0]["fsdp"][phase] == ranks[1]["fsdp"][phase]  # every rank reports the global loss
 
 
+@pytest.mark.slow
 def test_fsdp_validation_perplexity_matches(ranks, single):
     _, summary = single
     for phase, r in summary.items():
@@ -124,6 +154,7 @@ def test_fsdp_validation_perplexity_matches(ranks, single):
         assert ranks[0]["fsdp_summary"][phase]["val_tokens"] == r["val_tokens"]
 
 
+@pytest.mark.slow
 def test_fsdp_resume_after_kill(ranks, tmp_path):
     from adkernels.train.lm.recipe import run
 
@@ -133,12 +164,14 @@ def test_fsdp_resume_after_kill(ranks, tmp_path):
         _close(res["resume"], full["scratch"]["curve"])
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_same_loss_curve(ranks, single):
     curves, _ = single
     for res in ranks:
         _close(res["ddp"], curves["scratch"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("div", ["kl", "jsd"])
 def test_vocab_parallel_lm_head_matches_fused_linear(ranks, div):
     assert [r["vocab_parallel"][div]["rows"] for r in ranks] == [130, 129]  # V = 259 split unevenly

@@ -328,8 +328,16 @@ def run(cfg: DistillLMConfig, *, teacher: Optional[nn.Module] = None, student_fa
     ``cfg.student_config()``, seeded with ``cfg.seed`` so both students start equal).
     """
     cfg.validate()
+    threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    try:
+        return _run(cfg, teacher, student_factory, echo)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: DistillLMConfig, teacher, student_factory, echo) -> Dict:
     ctx = setup_distributed(cfg.dist)
     if ctx.rank == 0:
         os.makedirs(cfg.out_dir, exist_ok=True)
