@@ -40,3 +40,15 @@ def test_bench_pgd_e2e_tiny_case():
 
     row = bench_pgd_e2e.bench_case(2, 8, 4, 2, "channels_last", "cpu", repeats=1, ta=None)  # checks equality inside
     assert row["adkernels_ms"] > 0 and row["model_only_ms"] > 0 and row["channels_last_kept"]
+
+
+@needs_cpp
+def test_bench_distill_lm_tiny_case():
+    import bench_distill_lm
+
+    shape = dict(V=300, H=16, tokens=32, seq=16, layers=1, heads=2)
+    errs = bench_distill_lm.check(shape)  # raises when a variant disagrees with eager
+    assert set(errs) == {"fused", "logits+kd_loss"}
+    rows = bench_distill_lm.step_rows(shape, {impl: 32 for impl in bench_distill_lm.IMPLS}, repeats=1)
+    assert [r["impl"] for r in rows] == list(bench_distill_lm.IMPLS)
+    assert all(r["tokens_per_s"] > 0 for r in rows)
