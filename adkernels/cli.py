@@ -13,10 +13,16 @@ def main(argv=None) -> int:
         from .train import main as train_main
 
         return train_main(argv[1:])
+    if argv[:1] == ["precompute-teacher"]:  # parses its own options (adkernels precompute-teacher --help)
+        from .train.lm.cli import precompute_cli
+
+        return precompute_cli(argv[1:])
     parser = argparse.ArgumentParser(prog="adkernels", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("train", help="train with a recipe (adkernels train --recipe adim --help; --list-recipes)")
     sub.add_parser("info", help="versions, built backends, CPU ISA, CUDA/Triton availability")
+    sub.add_parser("precompute-teacher", help="write a distill_lm teacher's top-k log-probabilities as safetensors "
+                   "shards (resumable; read by adkernels train --recipe distill_lm --teacher-logits DIR)")
     bench = sub.add_parser("bench", help="run a benchmark script from benchmarks/ (source checkout)")
     bench.add_argument("name", nargs="?", default="kd", help="benchmark name: kd")
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
