@@ -282,3 +282,44 @@ def test_backend_option_uses_reference(tmp_path):
         if k.startswith("model/"):
             torch.testing.assert_close(pa[k], pb[k], rtol=1e-4, atol=1e-5)
     assert a["global_step"] == b["global_step"]
+
+
+@pytest.mark.parametrize("extra", [dict(gumbel=False), dict(gumbel=False, disc_form="concat"),
+                                   dict(gumbel=False, parameterization="binary_tree", gen_mode="nonsat"),
+                                   dict(parameterization="binary_tree", hard=True)],
+                         ids=["ngs", "ngs-concat", "ngs-binary-tree", "gumbel-binary-tree-hard"])
+def test_adim_variants(extra, tmp_path):
+    cfg = tiny("adim", tmp_path, **extra)
+    missing = missing_ops("adim", cfg) if cfg.gumbel else [n for n in missing_ops("adim", cfg)
+                                                           if n not in ("gumbel_softmax", "temperature_schedule")]
+    if missing:
+        with pytest.raises(NotImplementedError, match="adkernels.(" + "|".join(missing) + ")"):
+            T.run(cfg)
+        return
+    res = T.run(cfg)
+    assert res["skipped"] == 0
+    recs = [json.loads(ln) for ln in open(tmp_path / "metrics.jsonl")]
+    gen = [r for r in recs if r["type"] == "train" and r["phase"] in ("teacher", "student")]
+    assert gen and all(math.isfinite(r["adv"]) and math.isfinite(r["kd"]) for r in gen)
+    assert ("tau" in gen[0]) == cfg.gumbel
+    from adkernels.train.models import Discriminator
+
+    disc = T.get_recipe("adim")  # the discriminator's outputs follow the parameterization
+    assert disc.config_cls is T.ADIMConfig
+    d = Discriminator((1, 8, 8), 4, 3 if cfg.parameterization == "softmax" else 2, cfg.disc_form, 4, 16)
+    if cfg.disc_form == "label_conditioned":
+        # a one-hot label vector picks that label's row of per-label source logits
+        x, lab = torch.rand(3, 1, 8, 8), torch.eye(4)[[0, 2, 3]]
+        d.eval()
+        per = d.head(d.body(x)).view(3, 4, -1)
+        torch.testing.assert_close(d(x, lab), per[torch.arange(3), [0, 2, 3]])
+
+
+def test_gumbel_temperature_is_annealed(tmp_path):
+    cfg = tiny("adim", tmp_path, epochs=3, tau_start=10.0, tau_end=0.1)
+    if missing_ops("adim", cfg):
+        pytest.skip(f"needs {missing_ops('adim', cfg)}")
+    T.run(cfg)
+    taus = [json.loads(ln)["tau"] for ln in open(tmp_path / "metrics.jsonl") if '"tau"' in ln]
+    assert taus[0] == pytest.approx(10.0, rel=0.35) and taus[-1] == pytest.approx(0.1, rel=0.6)
+    assert all(a >= b for a, b in zip(taus, taus[1:]))  # monotone (exponential) decay
