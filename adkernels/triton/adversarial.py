@@ -84,10 +84,10 @@ def _source_kernel(
         e1 = tl.exp(z1 - mx)
         e2 = tl.exp(z2 - mx)
         S = e0 + e1 + e2
-        lse = mx + tl.log(S)
-        L0 = z0 - lse
-        L1 = z1 - lse
-        L2 = z2 - lse
+        logS = tl.log(S)
+        L0 = (z0 - mx) - logS  # not z - lse: lse rounds at the magnitude of z
+        L1 = (z1 - mx) - logS
+        L2 = (z2 - mx) - logS
         p0 = e0 / S
         p1 = e1 / S
         p2 = e2 / S

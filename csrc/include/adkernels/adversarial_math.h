@@ -65,10 +65,11 @@ C10_HOST_DEVICE inline void adv_source_row(int64_t param, int64_t mode, const V 
     const V mx = ad_max(ad_max(z[0], z[1]), z[2]);
     const V e0 = ad_exp(z[0] - mx), e1 = ad_exp(z[1] - mx), e2 = ad_exp(z[2] - mx);
     const V S = e0 + e1 + e2;
-    const V lse = mx + ad_log(S), inv = V(1) / S;
-    L[0] = z[0] - lse;
-    L[1] = z[1] - lse;
-    L[2] = z[2] - lse;
+    const V logS = ad_log(S), inv = V(1) / S;
+    // (z - max) - log S, not z - lse: lse rounds at the magnitude of z (1e4: steps of 1e-3)
+    L[0] = (z[0] - mx) - logS;
+    L[1] = (z[1] - mx) - logS;
+    L[2] = (z[2] - mx) - logS;
     p[0] = e0 * inv;
     p[1] = e1 * inv;
     p[2] = e2 * inv;
