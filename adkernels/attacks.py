@@ -312,7 +312,7 @@ def pgd(model: nn.Module, x: Tensor, y: Optional[Tensor], eps: Union[Number, Ten
             if need_labels:  # y' comes from the clean input, not from the random start
                 attack.clean_labels(attack.logits(x_nat))
                 need_labels = False
-            x_adv = _random_start(op, x_nat, eps, norm, lo, hi, generator)
+            x_adv = _random_start(op, x_nat, x_adv, eps, norm, lo, hi, generator)
         elif need_labels and steps == 0:
             need_labels = False
         for _ in range(steps):
@@ -323,15 +323,17 @@ def pgd(model: nn.Module, x: Tensor, y: Optional[Tensor], eps: Union[Number, Ten
         return _result(x_adv, x, attack, return_logits)
 
 
-def _random_start(op, x_nat: Tensor, eps, norm, lo, hi, generator) -> Tensor:
+def _random_start(op, x_nat: Tensor, x_adv: Tensor, eps, norm, lo, hi, generator) -> Tensor:
+    """x_adv (a copy of x_nat) moved to a uniform random point of the eps-ball, inside the box:
+    adkernels.random_start_ in place (no new buffer), in-kernel Philox keyed from ``generator``."""
     import adkernels
 
+    fn_ = getattr(adkernels, "random_start_", None)
+    if fn_ is not None:
+        return fn_(x_adv, eps, norm=norm, lo=lo, hi=hi, generator=generator, validate=False)
     fn = getattr(adkernels, "random_start", None)
     if fn is None:
         raise NotImplementedError(f"{op}: random_start=True needs adkernels.random_start, which this build "
                                   f"does not have; pass random_start=False")
     x0 = fn(x_nat, eps, norm=norm, lo=lo, hi=hi, generator=generator).detach()
-    if x0.dtype != x_nat.dtype or x0.stride() != x_nat.stride():  # the state keeps x's layout
-        x0 = torch.empty_like(x_nat).copy_(x0)
-    return x0
-
+    return x_adv.copy_(x0)  # keeps the state's dtype and memory format
