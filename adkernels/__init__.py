@@ -35,6 +35,7 @@ from .ops.kd import (  # noqa: E402
     vocab_parallel_kd_loss,
 )
 from .ops.attacks import pgd_step, pgd_step_, sign_step, sign_step_  # noqa: E402
+from .ops.attacks import random_start, random_start_  # noqa: E402
 from .ops.adversarial import (  # noqa: E402
     REAL,
     STUDENT,
@@ -56,6 +57,8 @@ __all__ = [
     "sign_step_",
     "pgd_step",
     "pgd_step_",
+    "random_start",
+    "random_start_",
     "REAL",
     "STUDENT",
     "TEACHER",

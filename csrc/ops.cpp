@@ -34,6 +34,16 @@ TORCH_LIBRARY(adkernels, m) {
   m.def(
       "pgd_step_(Tensor(a!) x_adv, Tensor grad, Tensor x_nat, Tensor step, Tensor eps, int norm, Tensor? lo, "
       "Tensor? hi, int bound_inner) -> ()");
+  // Random start of an attack (attack_math.h, philox.h): clamp(x + delta, lo, hi), delta uniform in
+  // the linf (norm 0) or l2 (norm 1) ball of radius eps[n], noise from the Philox stream
+  // seed_offset = int64[2] (seed, offset) on x's device. x: [N, ...] contiguous float32/float64;
+  // eps [N] of x's dtype; lo / hi / bound_inner as sign_step.
+  m.def(
+      "random_start(Tensor x, Tensor eps, Tensor seed_offset, int norm, Tensor? lo, Tensor? hi, "
+      "int bound_inner) -> Tensor");
+  m.def(
+      "random_start_(Tensor(a!) x, Tensor eps, Tensor seed_offset, int norm, Tensor? lo, Tensor? hi, "
+      "int bound_inner) -> ()");
   // Adversarial losses (adversarial_math.h). adv_source_fwd: three-way discriminator /
   // generator loss. d_logits [N, 3] (parameterization 0, softmax) or [N, 2] (1, binary tree)
   // contiguous; source [N] int64 in {0 REAL, 1 STUDENT, 2 TEACHER} ({1, 2} for generator modes;

@@ -385,3 +385,172 @@ def test_bad_input(backend):
         for fn, exc, match in cases:
             with pytest.raises(exc, match=match):
                 fn()
+
+
+# ---- random_start ---------------------------------------------------------------------------------------
+
+from adkernels.reference import gumbel as ref_random  # noqa: E402
+
+RS_BACKENDS = BACKENDS + ["reference"]
+
+
+def rs_with_seed(backend, fn, x, eps, seed=7, **kw):
+    torch.manual_seed(seed)
+    return with_backend(backend, fn, x, eps, **kw)
+
+
+def test_random_start_reference_distribution():
+    # linf: uniform in [-eps, eps] per element (mean 0, variance eps^2 / 3).
+    so = torch.tensor([11, 5])
+    d = ref.random_start(torch.zeros(4, 50000, dtype=torch.float64), 0.5, so)
+    assert d.abs().max() < 0.5
+    assert abs(d.mean().item()) < 3 * 0.5 / (3 * d.numel()) ** 0.5
+    assert abs(d.var().item() - 0.25 / 3) < 0.002
+    # l2: (||delta|| / eps)^D is uniform on (0, 1) and the direction is isotropic.
+    n, dim = 4000, 3
+    d = ref.random_start(torch.zeros(n, dim, dtype=torch.float64), 2.0, so, norm="l2")
+    r = (d.norm(dim=1) / 2.0) ** dim
+    assert r.max() <= 1.0 and r.min() > 0
+    ks = (torch.sort(r).values - torch.arange(1, n + 1, dtype=torch.float64) / n).abs().max().item()
+    assert ks < 1.63 / n ** 0.5  # Kolmogorov-Smirnov at 1%
+    assert (d.mean(dim=0).abs() < 4 * 2.0 / n ** 0.5).all()
+
+
+def test_random_start_reference_is_philox():
+    # The linf noise at eps = 1 around 0 is exactly 2u - 1 in float64 (exact for these u).
+    so = torch.tensor([2 ** 61 + 3, 2 ** 40 + 1])
+    d = ref.random_start(torch.zeros(3, 7, dtype=torch.float64), 1.0, so)
+    u = ref_random.uniform(so, 21).double().reshape(3, 7)
+    assert torch.equal(d, 2 * u - 1)
+    assert bool(((u > 0) & (u < 1)).all())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_random_start_uniforms_bit_identical(backend):
+    # eps = 1 around 0 in float64: the result is exactly 2u - 1, so this compares the kernels' u.
+    x = torch.zeros(5, 3, 11, dtype=torch.float64)
+    got = rs_with_seed(backend, adkernels.random_start, x, 1.0, seed=3)
+    torch.manual_seed(3)
+    so = adkernels.ops.gumbel.draw_seed_offset("t", None, x.device)
+    u = ref_random.uniform(so, x.numel()).double().reshape(x.shape)
+    assert_equal(got, 2 * u - 1, "u")
+
+
+@needs_cpp
+@given(shape=st.sampled_from([(1, 1), (3, 5), (2, 3, 4, 5), (4, 1, 7, 3), (2, 4099), (3, 2, 9, 9)]),
+       dtype=st.sampled_from([torch.float32, torch.float64]), norm=st.sampled_from(["linf", "l2"]),
+       bounds=st.sampled_from(BOUNDS), layout=st.sampled_from(["contiguous", "channels_last", "strided"]),
+       eps_kind=st.sampled_from(["scalar", "tensor"]), seed=st.integers(0, 2 ** 16))
+def test_random_start_cpu_matches_reference(shape, dtype, norm, bounds, layout, eps_kind, seed):
+    compare_random_start("cpu", shape, dtype, norm, bounds, layout, eps_kind, seed)
+
+
+@needs_triton
+@settings(max_examples=10)
+@given(shape=st.sampled_from([(1, 1), (3, 5), (2, 3, 4, 5), (2, 2, 5, 3)]),
+       dtype=st.sampled_from([torch.float32, torch.float64]), norm=st.sampled_from(["linf", "l2"]),
+       bounds=st.sampled_from(BOUNDS), layout=st.sampled_from(["contiguous", "channels_last"]),
+       eps_kind=st.sampled_from(["scalar", "tensor"]), seed=st.integers(0, 2 ** 16))
+def test_random_start_triton_matches_reference(shape, dtype, norm, bounds, layout, eps_kind, seed):
+    compare_random_start("triton", shape, dtype, norm, bounds, layout, eps_kind, seed)
+
+
+def compare_random_start(backend, shape, dtype, norm, bounds, layout, eps_kind, seed):
+    x, _, _ = make(shape, dtype=dtype, seed=seed, layout=layout)
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = make_bounds(bounds, shape, g, dtype)
+    eps = 0.1 if eps_kind == "scalar" else torch.rand(shape[0], generator=g, dtype=dtype) * 0.2
+    want = rs_with_seed("reference", adkernels.random_start, x, eps, seed=seed, norm=norm, lo=lo, hi=hi)
+    got = rs_with_seed(backend, adkernels.random_start, x, eps, seed=seed, norm=norm, lo=lo, hi=hi)
+    if layout == "channels_last" and len(shape) == 4:
+        assert got.is_contiguous(memory_format=torch.channels_last)
+    if norm == "linf":
+        assert_equal(got, want, "random_start linf")
+    else:  # log / cos / sin and the sum order differ by rounding
+        l2_close(got, want)
+    if bounds != "none":  # the box may move x itself: the ball holds without it
+        return
+    d = (got.double() - x.double()).reshape(shape[0], -1)
+    e = torch.as_tensor(eps, dtype=torch.float64).reshape(-1, 1)
+    tol = 4 * torch.finfo(dtype).eps
+    assert bool((d.abs().max(dim=1).values <= e.reshape(-1) + tol).all() if norm == "linf"
+                else (d.norm(dim=1) <= e.reshape(-1) * (1 + tol) + tol).all())
+
+
+@pytest.mark.parametrize("backend", RS_BACKENDS)
+def test_random_start_seeding_and_inplace(backend):
+    x, _, _ = make((3, 2, 4, 4), seed=1)
+    a = rs_with_seed(backend, adkernels.random_start, x, 0.1, seed=5, norm="l2", lo=0.0, hi=1.0)
+    b = rs_with_seed(backend, adkernels.random_start, x, 0.1, seed=5, norm="l2", lo=0.0, hi=1.0)
+    assert_equal(a, b, "same seed")
+    c = with_backend(backend, adkernels.random_start, x, 0.1, norm="l2", lo=0.0, hi=1.0)
+    assert not torch.equal(a, c), "successive calls must draw new noise"
+    gen = torch.Generator().manual_seed(9)
+    d1 = with_backend(backend, adkernels.random_start, x, 0.1, generator=gen)
+    gen.manual_seed(9)
+    d2 = with_backend(backend, adkernels.random_start, x, 0.1, generator=gen)
+    assert_equal(d1, d2, "generator")
+    for layout in ("contiguous", "channels_last", "strided"):
+        xl, _, _ = make((3, 2, 4, 4), seed=1, layout=layout)
+        y = xl.clone()
+        torch.manual_seed(5)
+        assert with_backend(backend, adkernels.random_start_, y, 0.1, norm="l2", lo=0.0, hi=1.0) is y
+        assert_equal(y.contiguous(), a, f"in-place {layout}")
+    assert not a.requires_grad
+
+
+@pytest.mark.parametrize("backend", RS_BACKENDS)
+def test_random_start_empty_and_zero_eps(backend):
+    x = torch.zeros(0, 3, 4)
+    assert with_backend(backend, adkernels.random_start, x, 0.1, norm="l2", lo=0.0, hi=1.0).shape == x.shape
+    x, _, _ = make((2, 3, 5))
+    for norm in ("linf", "l2"):
+        assert_equal(with_backend(backend, adkernels.random_start, x, 0.0, norm=norm), x, "eps 0")
+
+
+@needs_cpp
+@pytest.mark.parametrize("name", ["random_start", "random_start_"])
+def test_random_start_opcheck_cpp(name):
+    op = getattr(torch.ops.adkernels, name).default
+    x, _, _ = make((3, 2, 5, 4), seed=1)
+    eps = torch.tensor([0.03, 0.0, 0.05])
+    so = torch.tensor([123, 456])
+    lo, hi = torch.tensor([0.1, 0.2]), torch.tensor([0.8, 0.9])
+    for args in [(x, eps, so, 0, lo, hi, 20), (x, eps, so, 1, None, None, 1),
+                 (x.double(), eps.double(), so, 1, lo.double(), hi.double(), 20)]:
+        torch.library.opcheck(op, tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args))
+
+
+@needs_cpp
+def test_random_start_torch_compile_fullgraph():
+    torch._dynamo.reset()
+    x, _, _ = make((4, 3, 6, 6), seed=2)
+
+    def fn(x):
+        return adkernels.random_start(x, 0.03, norm="l2", lo=0.0, hi=1.0) - x
+
+    with adkernels.use_backend("cpu"):
+        torch.manual_seed(0)
+        eager = fn(x)
+        torch.manual_seed(0)
+        compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)(x)
+    assert_equal(compiled, eager, "compiled random_start")
+
+
+@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=needs_cpp), "reference"])
+def test_random_start_bad_input(backend):
+    x, _, _ = make((2, 3, 4))
+    with adkernels.use_backend(backend):
+        cases = [
+            (lambda: adkernels.random_start(x, -0.1), ValueError, "eps"),
+            (lambda: adkernels.random_start(x, torch.tensor([0.1, float("nan")])), ValueError, "eps"),
+            (lambda: adkernels.random_start(x, torch.tensor([0.1, 0.2, 0.3])), ValueError, "eps"),
+            (lambda: adkernels.random_start(x, 0.1, norm="l1"), ValueError, "norm"),
+            (lambda: adkernels.random_start(x.bfloat16(), 0.1), TypeError, "x must be float32 or float64"),
+            (lambda: adkernels.random_start(x, 0.1, lo=1.0, hi=0.0), ValueError, "lo must be <= hi"),
+            (lambda: adkernels.random_start(x, 0.1, generator=3), TypeError, "generator"),
+            (lambda: adkernels.random_start(torch.tensor(1.0), 0.1), ValueError, "batch dimension"),
+        ]
+        for fn, exc, match in cases:
+            with pytest.raises(exc, match=match):
+                fn()

@@ -69,11 +69,21 @@ def pgd_step_inplace_fake(x_adv, grad, x_nat, step, eps, norm, lo, hi, bound_inn
     return None
 
 
+def random_start_fake(x, eps, seed_offset, norm, lo, hi, bound_inner):
+    return torch.empty_like(x)
+
+
+def random_start_inplace_fake(x, eps, seed_offset, norm, lo, hi, bound_inner):
+    return None
+
+
 if _backend.has_cpp():
     torch.library.register_fake("adkernels::sign_step")(sign_step_fake)
     torch.library.register_fake("adkernels::sign_step_")(sign_step_inplace_fake)
     torch.library.register_fake("adkernels::pgd_step")(pgd_step_fake)
     torch.library.register_fake("adkernels::pgd_step_")(pgd_step_inplace_fake)
+    torch.library.register_fake("adkernels::random_start")(random_start_fake)
+    torch.library.register_fake("adkernels::random_start_")(random_start_inplace_fake)
 
 
 def _kernel(name: str, backend: str):
@@ -405,3 +415,85 @@ def pgd_step_(x_adv: Tensor, grad: Tensor, x_nat: Tensor, step: Union[Number, Te
                             norm=("linf", "l2")[norm_id], lo=lo, hi=hi))
         return x_adv
     return _run("pgd_step_", backend, x_adv, [grad, x_nat], [step_t, eps_t, norm_id], lo, hi, op, validate, True)
+
+
+def _random_start(op: str, x: Tensor, eps, norm, lo, hi, generator, validate: bool, inplace: bool) -> Tensor:
+    from .gumbel import draw_seed_offset
+
+    _check_state(op, "x", x)
+    norm_id = _norm_id(op, norm)
+    eps_t = _per_sample(op, "eps", eps, x, validate)
+    seed_offset = draw_seed_offset(op, generator, x.device)
+    backend = resolve(x.device, implemented=("cpu", "reference"))
+    if backend == "reference":
+        _bounds(op, lo, hi, x, None, validate)
+        from ..reference.attacks import random_start as ref
+
+        out = ref(x.detach(), eps_t, seed_offset, norm=("linf", "l2")[norm_id], lo=lo, hi=hi)
+    else:
+        # The noise of an element follows its row-major index, whatever x's memory layout.
+        xc = x.detach().contiguous()
+        lo_b, hi_b, inner = _bounds(op, lo, hi, xc, None, validate)
+        if inplace and x.is_contiguous():
+            _kernel("random_start_", backend)(x.detach(), eps_t, seed_offset, norm_id, lo_b, hi_b, inner)
+            return x
+        out = _kernel("random_start", backend)(xc, eps_t, seed_offset, norm_id, lo_b, hi_b, inner)
+    if inplace:
+        with torch.no_grad():
+            x.copy_(out)
+        return x
+    if not x.is_contiguous():
+        out = torch.empty_like(x).copy_(out)
+    return out
+
+
+def random_start(x: Tensor, eps: Union[Number, Tensor], *, norm: str = "linf", lo=None, hi=None,
+                 generator: Optional[torch.Generator] = None, validate: bool = True) -> Tensor:
+    r"""Random start of an attack: ``clamp(x + delta, lo, hi)`` with delta uniform in the eps-ball.
+
+    ``linf``: ``delta_e = eps * (2 u_e - 1)``, uniform in ``[-eps, eps]`` per element (one pass).
+    ``l2``: uniform in the l2 ball of radius eps in ``D`` = elements-per-sample dimensions:
+    ``delta = eps * u^(1/D) * z / ||z||_2`` with ``z`` standard normals (Box-Muller) and ``u`` one
+    uniform per sample (one per-sample reduction of ``||z||^2`` plus one pass that regenerates
+    ``z`` from its counters; no noise tensor in memory).
+
+    The noise comes from a counter-based Philox stream inside the kernel, keyed by a
+    ``(seed, offset)`` pair drawn from ``generator`` (torch's default generator of x's device
+    when None) at each call: ``torch.manual_seed`` makes the result reproducible, successive calls
+    differ, and every backend (cpu, cuda, triton, reference) draws the same uniforms for the same
+    pair (l2 normals agree to rounding). An element's noise follows its row-major index, so the
+    result does not depend on x's memory layout. See csrc/include/adkernels/philox.h.
+
+    Args:
+        x: ``[N, ...]`` float32 / float64, the clean input.
+        eps: radius, a number >= 0 or a per-sample ``[N]`` tensor.
+        norm: ``"linf"`` or ``"l2"`` (``float("inf")`` and ``2`` are accepted too).
+        lo, hi, validate: as in :func:`sign_step` (the box is applied after the ball).
+        generator: a ``torch.Generator`` to draw the stream's (seed, offset) from.
+
+    Returns:
+        a new tensor of x's dtype and memory format, not requiring grad.
+
+    Example:
+        >>> import torch, adkernels
+        >>> x = torch.full((2, 3), 0.5)
+        >>> _ = torch.manual_seed(0); a = adkernels.random_start(x, 0.1, lo=0.0, hi=1.0)
+        >>> _ = torch.manual_seed(0); b = adkernels.random_start(x, 0.1, lo=0.0, hi=1.0)
+        >>> bool(torch.equal(a, b)), bool(((a - x).abs() <= 0.1).all())
+        (True, True)
+    """
+    return _random_start("random_start", x, eps, norm, lo, hi, generator, validate, False)
+
+
+def random_start_(x: Tensor, eps: Union[Number, Tensor], *, norm: str = "linf", lo=None, hi=None,
+                  generator: Optional[torch.Generator] = None, validate: bool = True) -> Tensor:
+    """In-place :func:`random_start`: writes ``clamp(x + delta, lo, hi)`` into ``x`` and returns it
+    (the same values as :func:`random_start` with the same generator state).
+
+    >>> import torch, adkernels
+    >>> x = torch.zeros(1, 4, dtype=torch.float64)
+    >>> _ = adkernels.random_start_(x, 0.5, norm="l2")
+    >>> bool(x.norm() <= 0.5)
+    True
+    """
+    return _random_start("random_start_", x, eps, norm, lo, hi, generator, validate, True)

@@ -71,3 +71,52 @@ def pgd_step(x_adv: Tensor, grad: Tensor, x_nat: Tensor, step, eps, *, norm: str
         scale = torch.where(dn > eps, eps / torch.where(dn > 0, dn, torch.ones_like(dn)), torch.ones_like(dn))
         return box(x_nat + delta * scale, lo, hi)
     raise ValueError(f"pgd_step: norm must be 'linf' or 'l2', got {norm!r}")
+
+
+
+# The radius uniform of sample n (l2) is lane 0 of counter offset + RADIUS_STREAM + n, far from
+# the element counters offset + e // 4.
+RADIUS_STREAM = 1 << 62
+
+
+def random_noise(shape, seed_offset, *, norm: str = "linf", dtype=torch.float64):
+    """(t, u_r): the per-element noise of random_start for inputs of ``shape`` = [N, ...]
+    (element e = the row-major index) in ``dtype``, and the per-sample radius uniforms [N].
+
+    linf: ``t_e = 2 u_e - 1``.  l2: ``t`` = the stream's Box-Muller normals.
+    """
+    from .gumbel import _seed_offset, normal, uniform
+
+    n, total = shape[0], math.prod(shape)
+    if norm == "linf":
+        t = 2.0 * uniform(seed_offset, total).to(dtype) - 1.0
+    else:
+        t = normal(seed_offset, total, dtype)
+    seed, offset = _seed_offset(seed_offset)
+    u_r = [uniform((seed, offset + RADIUS_STREAM + i), 1) for i in range(n)]
+    u_r = torch.cat(u_r).to(dtype) if n else torch.empty(0, dtype=dtype)
+    return t.reshape(shape), u_r
+
+
+def random_start(x: Tensor, eps, seed_offset, *, norm: str = "linf", lo=None, hi=None) -> Tensor:
+    """Random start of an attack: ``clamp(x + scale * t, lo, hi)`` in x's dtype, with
+    (t, u_r) = :func:`random_noise`, D = elements per sample and per sample n:
+
+    linf: ``scale = eps_n``: x + delta with delta uniform in [-eps, eps] per element.
+    l2:   ``scale = eps_n * u_r^(1/D) / ||t_n||_2`` (``u_r^(1/D) = exp(log(u_r) / D)``; 0 if the
+          norm is 0): delta uniform in the l2 ball of radius eps_n in D dimensions (a Gaussian
+          direction, radius eps * u^(1/D)).
+    """
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"random_start: norm must be 'linf' or 'l2', got {norm!r}")
+    t, u_r = random_noise(tuple(x.shape), seed_offset, norm=norm, dtype=x.dtype)
+    t, u_r = t.to(x.device), u_r.to(x.device)
+    eps = _per_sample(eps, x)
+    if norm == "linf" or x.numel() == 0:
+        return box(x + eps * t, lo, hi)
+    n = x.shape[0]
+    d = x.numel() // n
+    ss = (t * t).reshape(n, d).sum(dim=1)
+    root = torch.exp(torch.log(u_r) / d)
+    scale = torch.where(ss > 0, eps.reshape(-1) * root / torch.sqrt(torch.where(ss > 0, ss, 1.0)), 0.0)
+    return box(x + scale.reshape(eps.shape) * t, lo, hi)

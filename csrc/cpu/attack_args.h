@@ -5,7 +5,7 @@
 
 namespace adkernels::cpu {
 
-enum class AttackKind : int { Sign = 0, PgdLinf = 1, PgdL2 = 2 };
+enum class AttackKind : int { Sign = 0, PgdLinf = 1, PgdL2 = 2, RandLinf = 3, RandL2 = 4 };
 // x / x_nat / out: Float or Double; grad: any of the four.
 enum class AttackDType : int { Float = 0, Double = 1, Half = 2, BFloat16 = 3 };
 
@@ -26,9 +26,13 @@ struct AttackArgs {
   int64_t N, D, B, bound_inner;
   AttackKind kind;
   AttackDType x_dtype, grad_dtype;
+  // random_start (RandLinf / RandL2): grad, x_nat and step are unused (nullptr), eps is [N],
+  // and the noise comes from the Philox stream (seed, offset) (philox.h).
+  uint64_t seed = 0, offset = 0;
 };
 
-// sign / linf: elements [begin, end) of the flattened tensor. l2: samples [begin, end).
+// sign / linf / random linf: elements [begin, end) of the flattened tensor. l2 (pgd and random):
+// samples [begin, end).
 using AttackRangeFn = void (*)(const AttackArgs&, int64_t begin, int64_t end);
 
 }  // namespace adkernels::cpu

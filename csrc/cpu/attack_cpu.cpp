@@ -72,7 +72,7 @@ void launch(AttackArgs& a, const at::Tensor& out) {
   a.out = out.data_ptr();
   if (a.N == 0 || a.D == 0) return;
   AttackRangeFn fn = ADK_PICK_ISA_KERNEL(attack_range);
-  if (a.kind == AttackKind::PgdL2) {
+  if (a.kind == AttackKind::PgdL2 || a.kind == AttackKind::RandL2) {
     at::parallel_for(0, a.N, 1, [&](int64_t b, int64_t e) { fn(a, b, e); });
   } else {
     at::parallel_for(0, a.N * a.D, 32768, [&](int64_t b, int64_t e) { fn(a, b, e); });
@@ -122,6 +122,46 @@ void pgd_step_inplace_cpu(const at::Tensor& x_adv, const at::Tensor& grad, const
   launch(a, x_adv);
 }
 
+// random_start: x is [N, ...] float32/float64 contiguous, eps [N] of x's dtype, seed_offset int64[2].
+AttackArgs prepare_random(const char* op, const at::Tensor& x, const at::Tensor& eps, const at::Tensor& seed_offset,
+                          int64_t norm, const std::optional<at::Tensor>& lo, const std::optional<at::Tensor>& hi,
+                          int64_t bound_inner) {
+  TORCH_CHECK(norm == 0 || norm == 1, op, ": norm must be 0 (linf) or 1 (l2), got ", norm);
+  TORCH_CHECK(x.dim() >= 1, op, ": x must have a batch dimension, got a 0-d tensor");
+  TORCH_CHECK(eps.dim() == 1 && eps.size(0) == x.size(0) && eps.scalar_type() == x.scalar_type() &&
+                  eps.is_contiguous() && eps.device().is_cpu(),
+              op, ": eps must be a contiguous [", x.size(0), "] CPU tensor of x's dtype, got ", eps.sizes(), " ",
+              eps.scalar_type());
+  TORCH_CHECK(seed_offset.numel() == 2 && seed_offset.scalar_type() == at::kLong && seed_offset.device().is_cpu(), op,
+              ": seed_offset must be an int64 CPU tensor of 2 elements (seed, offset), got ", seed_offset.sizes(), " ",
+              seed_offset.scalar_type());
+  // x stands in for grad and eps for step: the shared checks then cover x, eps and the bounds.
+  AttackArgs a = prepare(op, x, x, nullptr, eps, &eps, lo, hi, bound_inner);
+  a.grad = nullptr;
+  a.step = nullptr;
+  a.kind = norm == 0 ? AttackKind::RandLinf : AttackKind::RandL2;
+  const auto so = seed_offset.contiguous();
+  a.seed = static_cast<uint64_t>(so.data_ptr<int64_t>()[0]);
+  a.offset = static_cast<uint64_t>(so.data_ptr<int64_t>()[1]);
+  return a;
+}
+
+at::Tensor random_start_cpu(const at::Tensor& x, const at::Tensor& eps, const at::Tensor& seed_offset, int64_t norm,
+                            const std::optional<at::Tensor>& lo, const std::optional<at::Tensor>& hi,
+                            int64_t bound_inner) {
+  AttackArgs a = prepare_random("random_start", x, eps, seed_offset, norm, lo, hi, bound_inner);
+  auto out = at::empty_like(x);
+  launch(a, out);
+  return out;
+}
+
+void random_start_inplace_cpu(const at::Tensor& x, const at::Tensor& eps, const at::Tensor& seed_offset, int64_t norm,
+                              const std::optional<at::Tensor>& lo, const std::optional<at::Tensor>& hi,
+                              int64_t bound_inner) {
+  AttackArgs a = prepare_random("random_start_", x, eps, seed_offset, norm, lo, hi, bound_inner);
+  launch(a, x);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(adkernels, CPU, m) {
@@ -129,6 +169,8 @@ TORCH_LIBRARY_IMPL(adkernels, CPU, m) {
   m.impl("sign_step_", &sign_step_inplace_cpu);
   m.impl("pgd_step", &pgd_step_cpu);
   m.impl("pgd_step_", &pgd_step_inplace_cpu);
+  m.impl("random_start", &random_start_cpu);
+  m.impl("random_start_", &random_start_inplace_cpu);
 }
 
 }  // namespace adkernels::cpu

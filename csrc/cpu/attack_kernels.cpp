@@ -11,6 +11,9 @@
 //   l2: per sample one reduction (||g||^2, <d, g>, ||d||^2) and one pass, parallel over samples
 //       (a sample is 600 KB of each tensor at 3x224x224: the second pass finds much of it in
 //       the L2 cache).
+//   random_start: the segments' noise t (philox.h / attack_math.h) is generated into the stack
+//       buffer in place of a converted grad; linf is one pass, l2 one reduction of ||t||^2 per
+//       sample plus one pass that regenerates t from the counters.
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <adkernels/vec_math.h>
@@ -56,6 +59,24 @@ template <typename x_t, typename g_t>
 struct AttackImpl {
   using Vec = Vectorized<x_t>;
   static constexpr bool kConvert = !std::is_same_v<x_t, g_t>;
+  static constexpr bool random(AttackKind k) { return k == AttackKind::RandLinf || k == AttackKind::RandL2; }
+
+  // Noise t of elements [i0, i0 + len) into buf: one Philox call per four elements.
+  template <AttackKind K>
+  static void noise_of(const AttackArgs& a, int64_t i0, int64_t len, x_t* buf) {
+    const int64_t end = i0 + len;
+    for (int64_t e = i0; e < end;) {
+      uint32_t bits[4];
+      philox4x32_10(a.seed, a.offset + static_cast<uint64_t>(e >> 2), bits);
+      for (int lane = static_cast<int>(e & 3); lane < 4 && e < end; ++lane, ++e) {
+        if constexpr (K == AttackKind::RandL2) {
+          buf[e - i0] = random_normal_lane<x_t>(bits, lane);
+        } else {
+          buf[e - i0] = random_linf_noise<x_t>(bits[lane]);
+        }
+      }
+    }
+  }
 
   // grad[i0, i0 + len) as x_t: the tensor itself, or converted into buf.
   static const x_t* grad_of(const AttackArgs& a, int64_t i0, int64_t len, x_t* buf) {
@@ -76,9 +97,18 @@ struct AttackImpl {
   static void segment(const AttackArgs& a, int64_t i0, int64_t len, x_t s1, x_t s2, const x_t* lo,
                       const x_t* hi, x_t* buf) {
     const x_t* x = static_cast<const x_t*>(a.x) + i0;
-    const x_t* xn = K == AttackKind::Sign ? nullptr : static_cast<const x_t*>(a.x_nat) + i0;
+    const x_t* xn = (K == AttackKind::Sign || random(K)) ? nullptr : static_cast<const x_t*>(a.x_nat) + i0;
     x_t* out = static_cast<x_t*>(a.out) + i0;
-    const x_t* g = grad_of(a, i0, len, buf);
+    const x_t* g;
+    if constexpr (random(K)) {
+      // delta = s1 * t rounded on its own, in a separate loop, so the compiler cannot contract
+      // x + s1 * t into an FMA (the reference, CUDA and Triton round the product too).
+      noise_of<K>(a, i0, len, buf);
+      for (int64_t j = 0; j < len; ++j) buf[j] = s1 * buf[j];
+      g = buf;
+    } else {
+      g = grad_of(a, i0, len, buf);
+    }
     const Vec v1(s1), v2(s2);
     Vec vlo, vhi;
     if constexpr (!kContig) {
@@ -93,7 +123,9 @@ struct AttackImpl {
         vhi = Vec::loadu(hi + j, m);
       }
       Vec r;
-      if constexpr (K == AttackKind::Sign) {
+      if constexpr (random(K)) {
+        r = ad_clamp(vx + vg, vlo, vhi);  // random_start_value with the product taken above
+      } else if constexpr (K == AttackKind::Sign) {
         r = sign_step_value(vx, vg, v1, vlo, vhi);
       } else if constexpr (K == AttackKind::PgdLinf) {
         r = pgd_linf_value(vx, vg, Vec::loadu(xn + j, m), v1, v2, vlo, vhi);
@@ -108,7 +140,7 @@ struct AttackImpl {
   // l2 walks one sample with its (coef, scale); sign / linf read step[n] / eps[n].
   template <AttackKind K>
   static void walk(const AttackArgs& a, int64_t begin, int64_t end, x_t coef, x_t scale) {
-    alignas(64) x_t buf[kConvert ? kChunk : 1];
+    alignas(64) x_t buf[(kConvert || random(K)) ? kChunk : 1];
     const x_t inf = std::numeric_limits<x_t>::infinity();
     const x_t no_lo[1] = {-inf}, no_hi[1] = {inf};
     const x_t* lo = a.lo ? static_cast<const x_t*>(a.lo) : no_lo;
@@ -119,7 +151,9 @@ struct AttackImpl {
     for (int64_t i = begin; i < end;) {
       const int64_t n = i / a.D;
       int64_t stop = std::min({end, (n + 1) * a.D, i + kChunk});
-      const x_t s1 = K == AttackKind::PgdL2 ? coef : step[n];
+      const x_t s1 = (K == AttackKind::PgdL2 || K == AttackKind::RandL2) ? coef
+                     : K == AttackKind::RandLinf                           ? eps[n]
+                                                                           : step[n];
       const x_t s2 = K == AttackKind::Sign ? x_t(0) : K == AttackKind::PgdL2 ? scale : eps[n];
       if (B == 1) {
         segment<K, false>(a, i, stop - i, s1, s2, lo, hi, buf);
@@ -163,11 +197,33 @@ struct AttackImpl {
     }
   }
 
+  // random l2: samples [begin, end): ||t||^2, the scale, then the pass (t regenerated).
+  static void random_l2_samples(const AttackArgs& a, int64_t begin, int64_t end) {
+    alignas(64) x_t buf[kChunk];
+    const x_t* eps = static_cast<const x_t*>(a.eps);
+    for (int64_t n = begin; n < end; ++n) {
+      Vec vss(0);
+      for (int64_t i = n * a.D; i < (n + 1) * a.D; i += kChunk) {
+        const int64_t len = std::min(kChunk, (n + 1) * a.D - i);
+        noise_of<AttackKind::RandL2>(a, i, len, buf);
+        for (int64_t j = 0; j < len; j += Vec::size()) {
+          const Vec t = Vec::loadu(buf + j, std::min<int64_t>(Vec::size(), len - j));
+          vss = vss + t * t;
+        }
+      }
+      const x_t ss = at::vec::vec_reduce_all<x_t>([](Vec& p, Vec& q) { return p + q; }, vss);
+      const x_t scale = random_l2_scale<x_t>(a.seed, a.offset, n, a.D, ss, eps[n]);
+      walk<AttackKind::RandL2>(a, n * a.D, (n + 1) * a.D, scale, x_t(0));
+    }
+  }
+
   static void run(const AttackArgs& a, int64_t begin, int64_t end) {
     switch (a.kind) {
       case AttackKind::Sign: return walk<AttackKind::Sign>(a, begin, end, x_t(0), x_t(0));
       case AttackKind::PgdLinf: return walk<AttackKind::PgdLinf>(a, begin, end, x_t(0), x_t(0));
       case AttackKind::PgdL2: return l2_samples(a, begin, end);
+      case AttackKind::RandLinf: return walk<AttackKind::RandLinf>(a, begin, end, x_t(0), x_t(0));
+      case AttackKind::RandL2: return random_l2_samples(a, begin, end);
     }
   }
 };
@@ -183,6 +239,10 @@ void attack_range_x(const AttackArgs& a, int64_t begin, int64_t end) {
 }
 
 void attack_range(const AttackArgs& a, int64_t begin, int64_t end) {
+  if (a.kind == AttackKind::RandLinf || a.kind == AttackKind::RandL2) {  // no grad: one instantiation
+    if (a.x_dtype == AttackDType::Double) return AttackImpl<double, double>::run(a, begin, end);
+    return AttackImpl<float, float>::run(a, begin, end);
+  }
   if (a.x_dtype == AttackDType::Double) return attack_range_x<double>(a, begin, end);
   return attack_range_x<float>(a, begin, end);
 }

@@ -21,6 +21,7 @@
 #pragma once
 
 #include <adkernels/math.h>
+#include <adkernels/philox.h>
 
 namespace adkernels {
 inline namespace ADK_ISA {
@@ -75,6 +76,62 @@ C10_HOST_DEVICE inline void pgd_l2_coefs(T gg, T dg, T dd, T step, T eps, T& coe
   nn = nn > T(0) ? nn : T(0);
   const T dnorm = ad_sqrt(nn);
   scale = dnorm > eps ? eps / dnorm : T(1);
+}
+
+// ---- random_start -------------------------------------------------------------------------------
+//   x' = box(x + scale * t)
+//   linf: t = 2u - 1 per element (u from philox.h), scale = eps: uniform in [-eps, eps].
+//   l2:   t = Box-Muller normals of the same stream (lanes (0, 1) and (2, 3) of a counter are
+//         pairs), scale = eps * u_r^(1/D) / ||t||_2 per sample, u_r = lane 0 of counter
+//         offset + kRadiusStream + n: a Gaussian direction and radius eps * u_r^(1/D) is uniform
+//         in the D-dimensional l2 ball. One reduction (||t||^2) plus one pass that regenerates t.
+// t and the scale are computed in x's precision (u converted first), in the reference's order.
+
+C10_HOST_DEVICE inline float ad_cos(float x) { return ::cosf(x); }
+C10_HOST_DEVICE inline double ad_cos(double x) { return ::cos(x); }
+C10_HOST_DEVICE inline float ad_sin(float x) { return ::sinf(x); }
+C10_HOST_DEVICE inline double ad_sin(double x) { return ::sin(x); }
+
+constexpr uint64_t kRadiusStream = uint64_t(1) << 62;
+
+template <typename V>
+C10_HOST_DEVICE inline V random_start_value(V x, V t, V scale, V lo, V hi) {
+  return ad_clamp(x + scale * t, lo, hi);
+}
+
+template <typename T>
+C10_HOST_DEVICE inline T random_linf_noise(uint32_t bits) {
+  return T(2) * static_cast<T>(philox_uniform(bits)) - T(1);
+}
+
+// The normal of output lane `lane` (0..3) of one Philox call.
+template <typename T>
+C10_HOST_DEVICE inline T random_normal_lane(const uint32_t bits[4], int lane) {
+  const int p = lane & 2;
+  const T r = ad_sqrt(T(-2) * ad_log(static_cast<T>(philox_uniform(bits[p]))));
+  const T th = T(6.283185307179586) * static_cast<T>(philox_uniform(bits[p + 1]));
+  return (lane & 1) ? r * ad_sin(th) : r * ad_cos(th);
+}
+
+// Noise t of element e (the row-major index in x): linf or l2.
+template <typename T, bool kL2>
+C10_HOST_DEVICE inline T random_start_noise(uint64_t seed, uint64_t offset, uint64_t e) {
+  uint32_t bits[4];
+  philox4x32_10(seed, offset + (e >> 2), bits);
+  if constexpr (kL2) {
+    return random_normal_lane<T>(bits, static_cast<int>(e & 3));
+  } else {
+    return random_linf_noise<T>(bits[e & 3]);
+  }
+}
+
+// l2 scale of sample n from ss = ||t_n||^2 over its D elements.
+template <typename T>
+C10_HOST_DEVICE inline T random_l2_scale(uint64_t seed, uint64_t offset, int64_t n, int64_t D, T ss, T eps) {
+  uint32_t bits[4];
+  philox4x32_10(seed, offset + kRadiusStream + static_cast<uint64_t>(n), bits);
+  const T root = ad_exp(ad_log(static_cast<T>(philox_uniform(bits[0]))) / static_cast<T>(D));
+  return ss > T(0) ? eps * root / ad_sqrt(ss) : T(0);
 }
 
 }  // namespace ADK_ISA
