@@ -65,11 +65,13 @@ def test_windows_shift_pad_and_prompt_mask():
 
 
 def test_block_order_and_resumable_rank_batches():
-    order = block_order(50, 8, seed=3, epoch=1)
-    assert sorted(order) == list(range(50))
-    for i in range(0, 48, 8):  # blocks are visited one at a time
-        assert len({j // 8 for j in order[i:i + 8] if j < 48}) <= 2
-    assert order != block_order(50, 8, seed=3, epoch=2)
+    assert sorted(block_order(50, 8, seed=3, epoch=1, mix=2)) == list(range(50))
+    order = block_order(48, 8, seed=3, epoch=1, mix=2)  # 6 blocks, taken 2 at a time
+    assert sorted(order) == list(range(48))
+    for i in range(0, 48, 16):
+        assert len({j // 8 for j in order[i:i + 16]}) <= 2  # a group of 2 blocks at a time
+    assert len({j // 8 for j in order[:16]}) == 2  # ... mixed together
+    assert order != block_order(50, 8, seed=3, epoch=2, mix=2)
     full = [idx for _, idx in zip(range(30), batches(50, 6, 8, seed=1))]
     resumed = [idx for _, idx in zip(range(10), batches(50, 6, 8, seed=1, start_step=20))]
     assert [i for _, i in full[20:30]] == [i for _, i in resumed]
@@ -289,10 +291,10 @@ def test_precompute_shards_resume_and_stream(tmp_path):
     assert torch.equal(ids, want_ids) and ids.dtype == torch.int64
     torch.testing.assert_close(lps, want_lp)
     # streaming: the recipe's block order reads each shard once per epoch
-    reader = TeacherShards(out, cache=1)
-    for _, b in zip(range(len(ds) // 5), batches(len(ds), 5, 16, seed=0)):
+    reader = TeacherShards(out, cache=3)
+    for _, b in zip(range(len(ds) // 5), batches(len(ds), 5, 16, seed=0, mix=2)):
         reader.get(b[1])
-    assert reader.loads <= 5 + 4  # a batch may straddle two blocks
+    assert reader.loads == 5  # one epoch in groups of 2 shards: each shard is read once
     with pytest.raises(ValueError, match="other settings"):
         precompute_teacher(teacher, ds, out, k=8, shard_windows=16, log=lambda s: None)
     with pytest.raises(ValueError, match="windows"):

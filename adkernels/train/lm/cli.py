@@ -43,7 +43,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     return parser
 
 
-def config_from_args(args) -> "DistillLMConfig":
+def config_from_args(args):
     from .config import DistillLMConfig
 
     names = {f.name for f in dataclasses.fields(DistillLMConfig)} - {"recipe"}
@@ -65,7 +65,7 @@ def add_precompute_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentPar
                    help="a trained teacher: a distill_lm phase directory (RUN/teacher, with final/ and config.json)")
     p.add_argument("--out", required=True, help="directory of the shards (created; reruns resume)")
     p.add_argument("-k", "--k", type=int, default=32, help="top-k kept per position (default 32)")
-    p.add_argument("--shard-windows", type=int, default=64, help="windows per shard (default 64; "
+    p.add_argument("--shard-windows", type=int, default=16, help="windows per shard (default 16; "
                    "use the recipe's --shard-windows)")
     p.add_argument("--split", choices=("train", "val"), default="train")
     p.add_argument("--seq-len", type=int, default=None, help="default: the teacher's seq_len")

@@ -25,10 +25,10 @@ class DistillLMConfig:
     max_val_tokens: Optional[int] = None
     # models (built-in GPT)
     teacher_layers: int = 3
-    teacher_dim: int = 192
-    teacher_heads: int = 6
+    teacher_dim: int = 128
+    teacher_heads: int = 4
     student_layers: int = 2
-    student_dim: int = 96
+    student_dim: int = 64
     student_heads: int = 4
     teacher_ckpt: Optional[str] = None  # a finished teacher phase directory to reuse
     # optimization
@@ -48,7 +48,8 @@ class DistillLMConfig:
     chunk_size: Optional[int] = None
     teacher_logits: Optional[str] = None  # precomputed top-k teacher shards
     topk_tail: Optional[str] = None  # top-k op: "renorm" (KL over the top-k support) or "bucket" (+ tail mass)
-    shard_windows: int = 64  # windows per data block (and per teacher shard)
+    shard_windows: int = 16  # windows per data block (and per teacher shard)
+    shard_mix: int = 8  # blocks shuffled together (teacher shards held in memory at a time)
     # runtime
     seed: int = 0
     dist: str = "auto"  # auto | fsdp | ddp | none

@@ -103,25 +103,26 @@ class WindowDataset:
         return torch.stack(xs), torch.stack(ys)
 
 
-def block_order(n: int, block: int, seed: int, epoch: int) -> List[int]:
-    """Shuffled order of ``range(n)`` that visits blocks of ``block`` consecutive indices one
-    at a time (blocks shuffled, then indices inside each block shuffled).
+def block_order(n: int, block: int, seed: int, epoch: int, mix: int = 8) -> List[int]:
+    """Shuffled order of ``range(n)`` made for streaming blocks of ``block`` consecutive indices.
 
-    Streaming-friendly: a reader of precomputed teacher shards of ``block`` windows holds one
-    shard at a time. A function of (n, block, seed, epoch) only, so a resumed run sees the
-    same order.
+    The blocks are shuffled, then taken ``mix`` at a time, and the indices of each group of
+    ``mix`` blocks are shuffled together. A reader of precomputed teacher shards of ``block``
+    windows needs only ``mix`` shards at a time, while a batch still mixes windows from
+    ``mix`` random places of the corpus. A function of its arguments only, so a resumed run
+    sees the same order.
     """
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     blocks = torch.randperm(-(-n // block), generator=g).tolist() if n else []
     out: List[int] = []
-    for b in blocks:
-        lo, hi = b * block, min(n, (b + 1) * block)
-        out.extend((lo + torch.randperm(hi - lo, generator=g)).tolist())
+    for a in range(0, len(blocks), max(1, mix)):
+        idx = torch.cat([torch.arange(b * block, min(n, (b + 1) * block)) for b in blocks[a:a + max(1, mix)]])
+        out.extend(idx[torch.randperm(idx.numel(), generator=g)].tolist())
     return out
 
 
 def batches(n: int, batch_size: int, block: int, seed: int, start_step: int = 0,
-            rank: int = 0, world: int = 1) -> Iterator[Tuple[int, List[int]]]:
+            rank: int = 0, world: int = 1, mix: int = 8) -> Iterator[Tuple[int, List[int]]]:
     """Endless ``(step, window indices)`` from ``start_step`` on: global batches of
     ``batch_size`` windows taken in :func:`block_order` epoch after epoch (an epoch's last
     incomplete batch is dropped); rank ``r`` of ``world`` gets the ``r``-th contiguous slice
@@ -136,11 +137,11 @@ def batches(n: int, batch_size: int, block: int, seed: int, start_step: int = 0,
     local = batch_size // world
     step = start_step
     epoch = step // per_epoch
-    order = block_order(n, block, seed, epoch)
+    order = block_order(n, block, seed, epoch, mix)
     while True:
         e, k = divmod(step, per_epoch)
         if e != epoch:
-            epoch, order = e, block_order(n, block, seed, e)
+            epoch, order = e, block_order(n, block, seed, e, mix)
         glob = order[k * batch_size:(k + 1) * batch_size]
         yield step, glob[rank * local:(rank + 1) * local]
         step += 1

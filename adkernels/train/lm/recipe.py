@@ -236,7 +236,7 @@ def train_phase(name: str, model: nn.Module, cfg: DistillLMConfig, ctx: DistCont
     tokens = 0
     step = start
     it = batches(len(train), cfg.batch_size, cfg.shard_windows, cfg.seed, start_step=start,
-                 rank=ctx.rank, world=ctx.world)
+                 rank=ctx.rank, world=ctx.world, mix=cfg.shard_mix)
     obj.train()
     if teacher is not None:
         teacher.eval()
@@ -354,7 +354,7 @@ def _run(cfg: DistillLMConfig, teacher, student_factory, echo) -> Dict:
     if cfg.teacher_logits:
         from .shards import TeacherShards
 
-        shards = TeacherShards(cfg.teacher_logits)
+        shards = TeacherShards(cfg.teacher_logits, cache=cfg.shard_mix + 1)
         shards.check_dataset(train)
         if "distill" in phases:
             topk_fused_op()  # fail before training anything when the op is missing
