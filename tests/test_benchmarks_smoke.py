@@ -52,3 +52,13 @@ def test_bench_distill_lm_tiny_case():
     rows = bench_distill_lm.step_rows(shape, {impl: 32 for impl in bench_distill_lm.IMPLS}, repeats=1)
     assert [r["impl"] for r in rows] == list(bench_distill_lm.IMPLS)
     assert all(r["tokens_per_s"] > 0 for r in rows)
+
+
+@needs_cpp
+def test_bench_adversarial_tiny_case():
+    import bench_adversarial
+
+    for row in (bench_adversarial.disc_case(300, "binary_tree", torch.float32, "cpu", repeats=1, use_compile=False),
+                bench_adversarial.binary_case(300, "bce", torch.float32, "cpu", repeats=1, use_compile=False)):
+        assert row["fused_ms"] > 0 and row["eager_ms"] > 0 and row["floor_ms"] > 0
+        assert row["loss_err"] < 1e-4 and row["grad_err"] < 1e-4
