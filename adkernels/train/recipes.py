@@ -105,9 +105,19 @@ class KD(WithTeacher):
     def passes(self, epoch):
         return ["teacher_ce"] if epoch < self.pretrain_epochs() else ["student"]
 
+    def evaluate(self, data):
+        # the teacher is frozen after pretraining: measure it once more, then reuse the number
+        if getattr(self, "_teacher_acc", None) is None:
+            self._teacher_acc = accuracy(self.teacher, data.x_test, data.y_test, self.cfg.eval_batch_size)
+        return {"student_acc": accuracy(self.student, data.x_test, data.y_test, self.cfg.eval_batch_size),
+                "teacher_acc": self._teacher_acc}
+
     def step(self, phase, x, y, ctx):
         if phase != "student":
+            self._teacher_acc = None
             return self.pretrain_step(phase, x, y)
+        if self.teacher.training:  # frozen teacher: eval mode (no dropout) for its soft targets
+            self.teacher.eval()
         with torch.no_grad():
             t = self.teacher(x)
         c = self.cfg
