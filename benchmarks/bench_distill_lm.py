@@ -292,7 +292,7 @@ def plot(rows, path, title):
         ax.bar([r["impl"] for r in loss], [r["peak_GiB"] for r in loss],
                color=["tab:green" if r["impl"] == "fused" else "tab:gray" for r in loss])
         for i, r in enumerate(loss):
-            ax.text(i, r["peak_GiB"], f"{r['peak_GiB']:.2f}" + ("*" if r["method"] == "extrapolated" else ""),
+            ax.text(i, r["peak_GiB"], f"{r['peak_GiB']:.3g}" + ("*" if r["method"] == "extrapolated" else ""),
                     ha="center", va="bottom")
         ax.set_ylabel("loss fwd+bwd peak extra memory, GiB")
         ax.set_title("loss peak memory (* extrapolated)")
