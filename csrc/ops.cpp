@@ -21,6 +21,28 @@ TORCH_LIBRARY(adkernels, m) {
       "kd_fwd(Tensor student, Tensor teacher, Tensor? target, float temperature, float alpha, "
       "int divergence, float beta, int ignore_index, float label_smoothing, bool grad_student, "
       "bool grad_teacher) -> (Tensor, Tensor, Tensor)");
+  // Sparse-teacher KD (topk_kd_loss), forward with the student gradient made in the same pass.
+  // student: [N, V] contiguous; ids: [N, K] int64, distinct per row, in [0, V), K <= V;
+  // teacher_logprobs: [N, K] log-probabilities of the teacher at T = 1, float32 (float64 for a
+  // float64 student); target: [N] int64 or None. tail: 0 = renorm, 1 = bucket.
+  // Returns (loss [N] fp32 (fp64), per row, unreduced; d loss_n / d student [N, V] in the input
+  // dtype, or an empty tensor if not asked). Rows whose target == ignore_index give 0.
+  m.def(
+      "topk_kd_fwd(Tensor student, Tensor ids, Tensor teacher_logprobs, Tensor? target, float temperature, "
+      "float alpha, int ignore_index, float label_smoothing, int tail, bool grad_student) -> (Tensor, Tensor)");
+  // Soft-target cross entropy, forward with the gradients made in the same pass (kd_math.h).
+  // logits, targets: [N, V] contiguous, same dtype; targets non-negative (not checked here).
+  // Returns (loss [N] fp32 (fp64) = -sum_k q_k log softmax(z)_k, unreduced;
+  //          d loss_n / d logits = softmax(z) sum(q) - q, or an empty tensor if not asked;
+  //          d loss_n / d targets = lse(z) - z, or an empty tensor if not asked).
+  m.def("soft_ce_fwd(Tensor logits, Tensor targets, bool grad_logits, bool grad_targets) -> (Tensor, Tensor, Tensor)");
+  // ADA-Lab-style refined targets (no gradient). logits_adv, logits_aa: [N, V] contiguous, same
+  // dtype; target: [N] int64 in [0, V). Returns (targets [N, V] in the input dtype =
+  // (1 - w) onehot(y) + w softmax(logits_aa / T), w [N] fp32 (fp64) with
+  // w = max_weight sigmoid(-gamma (margin - bias)), margin = p_y - max_{k != y} p_k at logits_adv).
+  m.def(
+      "ada_lab_targets(Tensor logits_adv, Tensor logits_aa, Tensor target, float max_weight, float gamma, "
+      "float bias, float temperature) -> (Tensor, Tensor)");
   // Adversarial-example steps (attack_math.h). x / x_adv / x_nat: [N, ...] contiguous float32 or
   // float64; grad: x's shape, float32/float64/float16/bfloat16; step, eps: [N] in x's dtype.
   // lo / hi: both None, or both contiguous [B] in x's dtype, element i of the flattened x using

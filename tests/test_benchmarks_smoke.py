@@ -62,3 +62,12 @@ def test_bench_adversarial_tiny_case():
                 bench_adversarial.binary_case(300, "bce", torch.float32, "cpu", repeats=1, use_compile=False)):
         assert row["fused_ms"] > 0 and row["eager_ms"] > 0 and row["floor_ms"] > 0
         assert row["loss_err"] < 1e-4 and row["grad_err"] < 1e-4
+
+
+@needs_cpp
+def test_bench_topk_kd_tiny_case():
+    import bench_topk_kd
+
+    row = bench_topk_kd.bench_case(32, 300, 16, torch.float32, "cpu", repeats=1, use_compile=False)
+    assert row["fused_ms"] > 0 and row["eager_ms"] > 0 and row["floor_ms"] > 0
+    assert row["loss_err"] < 1e-4 and row["grad_err"] < 1e-4

@@ -72,5 +72,54 @@ C10_HOST_DEVICE inline T ce_value(T lse, T z_target, T z_sum, T ls, int64_t V) {
   return v;
 }
 
+// ---- soft-target cross entropy (soft_ce family) -------------------------------------------
+// L = -sum_k q_k log p_k = Q lse - sum_k q_k z_k, with Q = sum_k q_k and p = softmax(z); the
+// q_k z_k terms use 0 * z = 0 where q_k = 0 (also for z_k = -inf).
+//   dL/dz_k = p_k Q - q_k        dL/dq_k = lse - z_k = -log p_k (0 where q_k = 0 and z_k = -inf)
+template <typename V>
+C10_HOST_DEVICE inline V soft_ce_qz(V q, V z) { return where_pos(q, q * z); }
+template <typename T>
+C10_HOST_DEVICE inline T soft_ce_value(T lse, T q_sum, T qz_sum) { return q_sum * lse - qz_sum; }
+template <typename V>
+C10_HOST_DEVICE inline V soft_ce_grad_logit(V p, V q_sum, V q) { return p * q_sum - q; }
+// dL/dq_k = lse - z_k; where z_k = -inf it is inf for q_k > 0 and 0 for q_k = 0 (the 0 log 0
+// convention, as the reference's autograd gives).
+template <typename V>
+C10_HOST_DEVICE inline V soft_ce_grad_target(V q, V z, V lse) {
+  V d = lse - z;
+  return where_live(z, d, where_pos(q, d));
+}
+
+// ---- ADA-Lab-style label refinement --------------------------------------------------------
+// margin m = p_y - max_{k != y} p_k; weight w = max_weight * sigmoid(-gamma (m - bias)),
+// written 1 / (1 + exp(gamma (m - bias))) (no overflow: exp -> inf gives w = 0).
+template <typename T>
+C10_HOST_DEVICE inline T ada_lab_weight(T margin, T gamma, T bias, T max_weight) {
+  return max_weight / (T(1) + ad_exp(gamma * (margin - bias)));
+}
+// Refined target entry: (1 - w) onehot_k + w q_k.
+template <typename V>
+C10_HOST_DEVICE inline V ada_lab_target(V onehot, V w, V q, V one) {
+  return (one - w) * onehot + w * q;
+}
+
+// ---- KL over a teacher's top-k support (topk_kd family) -------------------------------------
+// One term of KL(q || u) = sum q (log q - log u), with 0 log 0 = 0.
+template <typename V>
+C10_HOST_DEVICE inline V kl_term(V q, V lq, V lu) { return where_pos(q, q * (lq - lu)); }
+// The teacher's mass outside its top-k (clamped at 0: rounding can make sum exp(lt) exceed 1).
+template <typename T>
+C10_HOST_DEVICE inline T topk_teacher_tail(T support_mass) {
+  T r = T(1) - support_mass;
+  return r > T(0) ? r : T(0);
+}
+// log of the student's tail sum exp(z_j - m) over columns outside the support: total - support
+// (clamped at 0, then log 0 = -inf: an empty tail).
+template <typename T>
+C10_HOST_DEVICE inline T topk_student_tail_log(T m, T sum_all, T sum_support) {
+  T r = sum_all - sum_support;
+  return r > T(0) ? m + ad_log(r) : T(-INFINITY);
+}
+
 }  // namespace ADK_ISA
 }  // namespace adkernels

@@ -50,5 +50,9 @@ C10_HOST_DEVICE inline void online_add(T& m, T& s, T x) {
   }
 }
 
+// z > -inf ? x : y — selects by whether a logit is live (-inf marks a masked entry).
+C10_HOST_DEVICE inline float where_live(float z, float x, float y) { return z > -INFINITY ? x : y; }
+C10_HOST_DEVICE inline double where_live(double z, double x, double y) { return z > -INFINITY ? x : y; }
+
 }  // namespace ADK_ISA
 }  // namespace adkernels

@@ -33,5 +33,12 @@ inline at::vec::Vectorized<T> where_pos(const at::vec::Vectorized<T>& p, const a
   return Vec::blendv(Vec(T(0)), x, p > Vec(T(0)));
 }
 
+template <typename T>
+inline at::vec::Vectorized<T> where_live(const at::vec::Vectorized<T>& z, const at::vec::Vectorized<T>& x,
+                                         const at::vec::Vectorized<T>& y) {
+  using Vec = at::vec::Vectorized<T>;
+  return Vec::blendv(y, x, z > Vec(T(-INFINITY)));
+}
+
 }  // namespace ADK_ISA
 }  // namespace adkernels
