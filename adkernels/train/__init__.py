@@ -103,6 +103,10 @@ def main(argv=None) -> int:
     except NotImplementedError as e:
         print(f"error: {e}", file=sys.stderr)
         return 4
+    import os
+
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     final = result.get("final", {})
     if final and not result.get("stopped"):
         print("final: " + "  ".join(f"{k}={v:.4f}" for k, v in final.items() if isinstance(v, float)))
