@@ -323,3 +323,16 @@ def test_gumbel_temperature_is_annealed(tmp_path):
     taus = [json.loads(ln)["tau"] for ln in open(tmp_path / "metrics.jsonl") if '"tau"' in ln]
     assert taus[0] == pytest.approx(10.0, rel=0.35) and taus[-1] == pytest.approx(0.1, rel=0.6)
     assert all(a >= b for a, b in zip(taus, taus[1:]))  # monotone (exponential) decay
+
+
+@pytest.mark.slow
+def test_make_run_job_smoke(tmp_path):
+    # experiments/run_main.py (make run) end to end at toy size: table, results.json, plots
+    cmd = [sys.executable, os.path.join(ROOT, "experiments", "run_main.py"), "--out", str(tmp_path), "--data",
+           "synthetic", "--n-train", "16", "--n-test", "32", "--epochs", "1", "--pretrain-epochs", "1",
+           "--adim-epochs", "1", "--passes", "1,1,1"]
+    p = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = json.load(open(tmp_path / "results.json"))["rows"]
+    assert [r["method"].split("-")[0] for r in rows] == ["CE", "KD (DISTN)", "ADIM"]
+    assert (tmp_path / "compare.png").exists() and "| CE |" in p.stdout
