@@ -246,7 +246,7 @@ def test_opcheck():
 
 
 @needs_cpp
-@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("compiler", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
 def test_torch_compile_fullgraph(compiler):
     torch._dynamo.reset()
     z, src = make(40, 3, torch.float32)
@@ -289,10 +289,10 @@ def test_bad_source_values(backend):
     for v in (3, -1):
         bad = src.clone()
         bad[2] = v
-        with adkernels.use_backend(backend), pytest.raises((ValueError, RuntimeError), match=rf"source\[2\] = {v}"):
+        with adkernels.use_backend(backend), pytest.raises(ValueError, match=rf"source\[2\] = {v}"):
             adkernels.discriminator_loss(z, bad)
     gen = torch.tensor([1, 2, 0, 1])
-    with adkernels.use_backend(backend), pytest.raises((ValueError, RuntimeError), match=r"source\[2\] = 0 \(REAL\)"):
+    with adkernels.use_backend(backend), pytest.raises(ValueError, match=r"source\[2\] = 0 \(REAL\)"):
         adkernels.generator_loss(z, gen)
 
 

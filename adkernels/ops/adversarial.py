@@ -431,3 +431,102 @@ def binary_adversarial_loss(
     rs = 1.0 / max(r.shape[0], 1) if (mean and r is not None) else 1.0
     out = BinaryLossFunction.apply(r, f, KINDS[kind], SIDES[side], real_label, rs, fs, reduction == "none", backend)
     return out.reshape(fake_scores.shape) if reduction == "none" else out
+
+
+# ---- the ADIM student / teacher step ------------------------------------------------------------
+
+def adversarial_distillation_loss(
+    gen_logits: Tensor,
+    other_logits: Tensor,
+    d_label_logits: Tensor,
+    source: Tensor,
+    *,
+    tau: float,
+    hard: bool = False,
+    weights: Sequence[float] = (1.0, 1.0, 1.0),
+    kd_weight: float = 1.0,
+    temperature: float = 1.0,
+    generator: Optional[torch.Generator] = None,
+    mode: str = "minimax",
+    parameterization: str = "softmax",
+    reduction: str = "mean",
+    divergence: str = "kl",
+) -> Tensor:
+    r"""The student (or teacher) step of ADIM (Algorithm 1 with the Gumbel-Softmax trick):
+
+    ``y = gumbel_softmax(gen_logits, tau, hard)`` over the label dimension C,
+    ``s = label_conditioned_scores(d_label_logits, y)`` (D scores the sampled label),
+    ``L = generator_loss(s, source, mode, weights, parameterization, reduction)
+    + kd_weight * kd_loss(gen_logits, other_logits, temperature, divergence)``.
+
+    It is exactly that composition of the public ops (same noise for the same generator state:
+    the Philox ``(seed, offset)`` pair is drawn from ``generator`` once, as ``gumbel_softmax``
+    does). Not yet a single fused pass: the fused version needs the in-kernel Gumbel noise
+    function shared with ``gumbel_softmax``; until then the Gumbel-Softmax sample runs on the
+    reference Philox stream (``adkernels.reference.gumbel``) unless ``adkernels.gumbel_softmax``
+    exists, in which case that op is used.
+
+    Args:
+        gen_logits: ``[N, C]`` logits of the player being trained (student or teacher).
+        other_logits: ``[N, C]`` logits of the other player (the KD target; it gets a gradient if
+            it requires one).
+        d_label_logits: ``[N, C, K]`` the discriminator's per-label source logits (K = 3 softmax,
+            2 binary_tree).
+        source: ``[N]`` ids of the player being trained, 1 (STUDENT) or 2 (TEACHER).
+        tau: Gumbel-Softmax temperature (see the annealing schedule 10 -> 0.1).
+        hard: straight-through one-hot samples.
+        weights, mode, parameterization, reduction: as :func:`generator_loss`.
+        kd_weight, temperature, divergence: weight, temperature and divergence of the KD term
+            (``kd_loss`` with ``reduction="batchmean"``).
+        generator: torch.Generator for the noise (default: torch's default generator).
+
+    Example:
+        >>> import torch, adkernels
+        >>> s = torch.randn(4, 10, requires_grad=True); t = torch.randn(4, 10)
+        >>> d = torch.randn(4, 10, 3, requires_grad=True)
+        >>> src = torch.full((4,), adkernels.STUDENT)
+        >>> loss = adkernels.adversarial_distillation_loss(s, t, d, src, tau=1.0, kd_weight=0.5)
+        >>> loss.backward()
+        >>> s.grad.shape, d.grad.shape
+        (torch.Size([4, 10]), torch.Size([4, 10, 3]))
+    """
+    op = "adversarial_distillation_loss"
+    check_float_tensor("gen_logits", gen_logits, op)
+    if gen_logits.dim() != 2:
+        raise ValueError(f"{op}: gen_logits must be [N, C], got {tuple(gen_logits.shape)}")
+    check_float_tensor("d_label_logits", d_label_logits, op)
+    K = LOGITS_PER_ROW.get(parameterization)
+    if K is not None and (d_label_logits.dim() != 3 or d_label_logits.shape[:2] != gen_logits.shape
+                          or d_label_logits.shape[2] != K):
+        raise ValueError(f"{op}: d_label_logits must be [N, C, {K}] = [{gen_logits.shape[0]}, {gen_logits.shape[1]}, "
+                         f"{K}] for parameterization={parameterization!r}, got {tuple(d_label_logits.shape)}")
+    tau = float(tau)
+    if not (math.isfinite(tau) and tau > 0):
+        raise ValueError(f"{op}: tau must be a finite number > 0, got {tau}")
+    kd_weight = float(kd_weight)
+    if not (math.isfinite(kd_weight) and kd_weight >= 0):
+        raise ValueError(f"{op}: kd_weight must be a finite number >= 0, got {kd_weight}")
+    y = _gumbel_sample(op, gen_logits, tau, hard, generator)
+    scores = label_conditioned_scores(d_label_logits, y.to(d_label_logits.dtype))
+    adv = generator_loss(scores, source, mode=mode, weights=weights, parameterization=parameterization,
+                         reduction=reduction)
+    if kd_weight == 0:
+        return adv
+    from .kd import kd_loss
+
+    kd = kd_loss(gen_logits, other_logits, temperature=temperature, divergence=divergence)
+    return adv + kd_weight * kd
+
+
+def _gumbel_sample(op, logits, tau, hard, generator):
+    """Gumbel-Softmax over the last dim: adkernels.gumbel_softmax where it exists, else the
+    reference Philox stream with a (seed, offset) drawn the same way."""
+    import adkernels
+
+    public = getattr(adkernels, "gumbel_softmax", None)
+    if public is not None:
+        return public(logits, tau, hard, -1, generator=generator)
+    from ..reference.gumbel import gumbel_softmax as ref_gumbel_softmax
+    from .gumbel import draw_seed_offset
+
+    return ref_gumbel_softmax(logits, draw_seed_offset(op, generator, logits.device), tau, hard, -1)

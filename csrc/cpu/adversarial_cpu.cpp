@@ -58,7 +58,8 @@ std::tuple<at::Tensor, at::Tensor> adv_source_fwd_cpu(const at::Tensor& logits, 
   auto grad = need_grad ? at::empty_like(logits) : at::empty({0}, logits.options());
   if (N == 0) return {rows, grad};
 
-  // Counts per source and the first bad value, in one parallel pass.
+  // Counts per source and the first bad value, in one parallel pass. Bad ids raise ValueError
+  // (as the Python checks of the other backends do).
   const int64_t* src = source.data_ptr<int64_t>();
   const int64_t lo = mode == 0 ? 0 : 1;
   std::atomic<int64_t> counts[3] = {0, 0, 0};
@@ -80,9 +81,9 @@ std::tuple<at::Tensor, at::Tensor> adv_source_fwd_cpu(const at::Tensor& logits, 
   if (first_bad.load() != std::numeric_limits<int64_t>::max()) {
     const int64_t n = first_bad.load();
     if (mode == 0 || src[n] < 0 || src[n] > 2) {
-      TORCH_CHECK(false, "source[", n, "] = ", src[n], " is not a source: use 0 (REAL), 1 (STUDENT) or 2 (TEACHER)");
+      TORCH_CHECK_VALUE(false, "source[", n, "] = ", src[n], " is not a source: use 0 (REAL), 1 (STUDENT) or 2 (TEACHER)");
     }
-    TORCH_CHECK(false, "generator_loss: source[", n, "] = 0 (REAL): generator rows must be 1 (STUDENT) or ",
+    TORCH_CHECK_VALUE(false, "generator_loss: source[", n, "] = 0 (REAL): generator rows must be 1 (STUDENT) or ",
                 "2 (TEACHER); real rows belong in discriminator_loss");
   }
   const double w[3] = {w_real, w_student, w_teacher};
