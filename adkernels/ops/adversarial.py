@@ -284,8 +284,10 @@ def label_conditioned_scores(d_label_logits: Tensor, labels: Tensor) -> Tensor:
 
     No custom kernel: this is a batched matrix-vector product (``torch.bmm`` of ``[N, 1, C]`` by
     ``[N, C, K]``), which BLAS already does in one pass over ``d_label_logits``; its backward is two
-    more batched products. A fused version pays off only inside a larger fused step (see
-    ``adversarial_distillation_loss`` in DESIGN.md).
+    more batched products. Measured on the 2-core CPU (busy): forward at N = 4096, C = 10 / 1000 and
+    N = 512, C = 32000 (K = 3) took 1.0-1.4x the time of copying ``d_label_logits`` once (the floor of
+    any kernel that reads it), while ``(labels[..., None] * d).sum(1)`` took 2-4x. A fused version
+    pays off only inside a larger fused step (``adversarial_distillation_loss``).
 
     Args:
         d_label_logits: ``[N, C, K]`` float tensor (K = 3 for softmax, 2 for binary_tree scores).
