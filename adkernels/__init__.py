@@ -37,6 +37,7 @@ from .ops.kd import (  # noqa: E402
 from .ops.attacks import pgd_step, pgd_step_, sign_step, sign_step_  # noqa: E402
 from .ops.topk_kd import TopkKDLoss, fused_linear_topk_kd_loss, topk_kd_loss  # noqa: E402
 from .ops.attacks import random_start, random_start_  # noqa: E402
+from .ops.gumbel import gumbel_softmax, temperature_schedule  # noqa: E402
 from .ops.adversarial import (  # noqa: E402
     REAL,
     STUDENT,
@@ -64,6 +65,8 @@ __all__ = [
     "fused_linear_topk_kd_loss",
     "random_start",
     "random_start_",
+    "gumbel_softmax",
+    "temperature_schedule",
     "REAL",
     "STUDENT",
     "TEACHER",

@@ -66,6 +66,16 @@ TORCH_LIBRARY(adkernels, m) {
   m.def(
       "random_start_(Tensor(a!) x, Tensor eps, Tensor seed_offset, int norm, Tensor? lo, Tensor? hi, "
       "int bound_inner) -> ()");
+  // Gumbel-Softmax (gumbel_math.h, philox.h). logits: [N, V] contiguous; tau: one-element float
+  // tensor (> 0) on the logits' device; seed_offset: int64[2] (seed, offset) on that device; the
+  // noise of element (n, j) is index n * V + j of the stream. Returns (y, y_soft): y =
+  // softmax((logits + g) / tau) in the logits' dtype, or with hard the one-hot of the row's first
+  // argmax; y_soft = the soft y when hard and save_soft, else an empty tensor.
+  m.def(
+      "gumbel_softmax_fwd(Tensor logits, Tensor tau, Tensor seed_offset, bool hard, bool save_soft) "
+      "-> (Tensor, Tensor)");
+  // Backward from the saved soft y: grad_logits = y * (grad_y - sum(grad_y * y)) / tau per row.
+  m.def("gumbel_softmax_bwd(Tensor y, Tensor grad_y, Tensor tau) -> Tensor");
   // Adversarial losses (adversarial_math.h). adv_source_fwd: three-way discriminator /
   // generator loss. d_logits [N, 3] (parameterization 0, softmax) or [N, 2] (1, binary tree)
   // contiguous; source [N] int64 in {0 REAL, 1 STUDENT, 2 TEACHER} ({1, 2} for generator modes;

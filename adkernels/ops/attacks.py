@@ -424,7 +424,7 @@ def _random_start(op: str, x: Tensor, eps, norm, lo, hi, generator, validate: bo
     norm_id = _norm_id(op, norm)
     eps_t = _per_sample(op, "eps", eps, x, validate)
     seed_offset = draw_seed_offset(op, generator, x.device)
-    backend = resolve(x.device, implemented=("cpu", "reference"))
+    backend = resolve(x.device, implemented=("triton", "cpu", "reference"))
     if backend == "reference":
         _bounds(op, lo, hi, x, None, validate)
         from ..reference.attacks import random_start as ref

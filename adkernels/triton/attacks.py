@@ -210,3 +210,125 @@ sign_step_triton.register_fake(sign_step_fake)
 sign_step_triton_.register_fake(sign_step_inplace_fake)
 pgd_step_triton.register_fake(pgd_step_fake)
 pgd_step_triton_.register_fake(pgd_step_inplace_fake)
+
+
+# ---- random_start ----------------------------------------------------------------------------------
+# linf: one program per BLOCK elements, t = 2u - 1 from the Philox stream (adkernels/triton/gumbel.py
+# helpers, the same u as the C++ kernels), x' = box(x + eps[n] * t). l2: one program per sample,
+# ||z||^2 over Box-Muller normals, then a writing loop that regenerates z:
+# x' = box(x + scale * z), scale = eps * u_r^(1/D) / ||z||. The product is rounded before the add
+# (no FMA contraction: launched with enable_fp_fusion=False on GPUs) as in the reference.
+
+from .gumbel import philox_bits, philox_normal, philox_uniform  # noqa: E402
+
+RADIUS_STREAM = 1 << 62
+
+
+@triton.jit
+def _random_linf_kernel(x_ptr, out_ptr, eps_ptr, so_ptr, lo_ptr, hi_ptr, total, D, B, inner,
+                        HAS_BOUNDS: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    mask = offs < total
+    n = offs // D
+    seed = tl.load(so_ptr)
+    offset = tl.load(so_ptr + 1)
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
+    t = 2.0 * philox_uniform(philox_bits(seed, offset, offs)).to(ACC) - 1.0
+    eps = tl.load(eps_ptr + n, mask=mask, other=0.0).to(ACC)
+    d = eps * t
+    v = _box(x + d, lo_ptr, hi_ptr, offs, mask, B, inner, HAS_BOUNDS, ACC)
+    tl.store(out_ptr + offs, v.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _random_l2_kernel(x_ptr, out_ptr, eps_ptr, so_ptr, lo_ptr, hi_ptr, D, B, inner,
+                      HAS_BOUNDS: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64)
+    base = n * D
+    cols = tl.arange(0, BLOCK).to(tl.int64)
+    seed = tl.load(so_ptr)
+    offset = tl.load(so_ptr + 1)
+    vss = tl.zeros([BLOCK], ACC)
+    for start in range(0, D, BLOCK):
+        offs = base + start + cols
+        mask = start + cols < D
+        z = tl.where(mask, philox_normal(seed, offset, offs, ACC), 0.0)
+        vss += z * z
+    ss = tl.sum(vss, axis=0)
+    r0, _r1, _r2, _r3 = tl.randint4x(seed, offset + 4611686018427387904 + n + cols * 0)
+    u_r = tl.max(tl.where(cols == 0, philox_uniform(r0).to(ACC), 0.0), axis=0)
+    root = tl.exp(tl.log(u_r) / D.to(ACC))
+    eps = tl.load(eps_ptr + n).to(ACC)
+    scale = tl.where(ss > 0, eps * root / tl.sqrt(tl.where(ss > 0, ss, 1.0)), 0.0)
+    for start in range(0, D, BLOCK):
+        offs = base + start + cols
+        mask = start + cols < D
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
+        d = scale * philox_normal(seed, offset, offs, ACC)
+        v = _box(x + d, lo_ptr, hi_ptr, offs, mask, B, inner, HAS_BOUNDS, ACC)
+        tl.store(out_ptr + offs, v.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _launch_random(x, out, eps, seed_offset, norm, lo, hi, bound_inner):
+    n = x.shape[0]
+    total = x.numel()
+    if total == 0:
+        return
+    D = total // n
+    acc = tl.float64 if x.dtype == torch.float64 else tl.float32
+    has_bounds = lo is not None
+    B = lo.numel() if has_bounds else 1
+    lo_arg = lo if has_bounds else eps
+    hi_arg = hi if has_bounds else eps
+    so = seed_offset.contiguous()
+    extra = {} if triton_interpret() else {"enable_fp_fusion": False}
+    if norm == 1:
+        blk = max(16, min(triton.next_power_of_2(D), int(L2_BLOCK)))
+        _random_l2_kernel[(n,)](x, out, eps, so, lo_arg, hi_arg, D, B, bound_inner,
+                                HAS_BOUNDS=has_bounds, ACC=acc, BLOCK=blk, num_warps=8 if blk >= 2048 else 4,
+                                **extra)
+    else:
+        blk = int(BLOCK)
+        _random_linf_kernel[(triton.cdiv(total, blk),)](x, out, eps, so, lo_arg, hi_arg, total, D, B, bound_inner,
+                                                        HAS_BOUNDS=has_bounds, ACC=acc, BLOCK=blk, num_warps=4,
+                                                        **extra)
+
+
+def _check_random(op, x, eps, seed_offset, norm, lo, hi, bound_inner):
+    if norm not in (0, 1):
+        raise ValueError(f"{op}: norm must be 0 (linf) or 1 (l2), got {norm}")
+    if seed_offset.numel() != 2 or seed_offset.dtype != torch.int64 or seed_offset.device != x.device:
+        raise ValueError(f"{op}: seed_offset must be int64[2] on x's device {x.device}")
+    # x stands in for grad and eps for step: the shared checks cover x, eps and the bounds.
+    _check(op, x, x, None, eps, None, lo, hi, bound_inner)
+
+
+@torch.library.custom_op("adkernels::random_start_triton", mutates_args=())
+def random_start_triton(x: Tensor, eps: Tensor, seed_offset: Tensor, norm: int, lo: Optional[Tensor],
+                        hi: Optional[Tensor], bound_inner: int) -> Tensor:
+    """Triton ``random_start`` (norm 0 = linf, 1 = l2) as a new tensor."""
+    _check_random("random_start_triton", x, eps, seed_offset, norm, lo, hi, bound_inner)
+    out = torch.empty_like(x)
+    _launch_random(x, out, eps, seed_offset, norm, lo, hi, bound_inner)
+    return out
+
+
+@torch.library.custom_op("adkernels::random_start_triton_", mutates_args=("x",))
+def random_start_triton_(x: Tensor, eps: Tensor, seed_offset: Tensor, norm: int, lo: Optional[Tensor],
+                         hi: Optional[Tensor], bound_inner: int) -> None:
+    """In-place Triton ``random_start``: writes into x (l2 reads nothing of x before its pass)."""
+    _check_random("random_start_triton_", x, eps, seed_offset, norm, lo, hi, bound_inner)
+    _launch_random(x, x, eps, seed_offset, norm, lo, hi, bound_inner)
+
+
+def _random_start_fake(x, eps, seed_offset, norm, lo, hi, bound_inner):
+    return torch.empty_like(x)
+
+
+def _random_start_inplace_fake(x, eps, seed_offset, norm, lo, hi, bound_inner):
+    return None
+
+
+random_start_triton.register_fake(_random_start_fake)
+random_start_triton_.register_fake(_random_start_inplace_fake)

@@ -21,39 +21,15 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <cub/block/block_reduce.cuh>
-
 #include <adkernels/kd_math.h>
 #include <adkernels/topk_kd_host.h>
+
+#include "block_all.cuh"
 
 #include <limits>
 
 namespace adkernels::cuda {
 namespace {
-
-struct SumOp {
-  template <typename T>
-  __device__ __forceinline__ T operator()(const T& a, const T& b) const { return a + b; }
-};
-
-struct MaxOp {
-  template <typename T>
-  __device__ __forceinline__ T operator()(const T& a, const T& b) const { return ad_max(a, b); }
-};
-
-// Block-wide reduction whose result every thread gets.
-template <int THREADS, typename T, typename Op>
-__device__ __forceinline__ T block_all(T v, Op op) {
-  using Reduce = cub::BlockReduce<T, THREADS>;
-  __shared__ typename Reduce::TempStorage storage;
-  __shared__ T result;
-  T r = Reduce(storage).Reduce(v, op);
-  if (threadIdx.x == 0) result = r;
-  __syncthreads();
-  r = result;
-  __syncthreads();  // storage and result are reused by the next reduction
-  return r;
-}
 
 template <typename acc_t>
 struct TopkParams {

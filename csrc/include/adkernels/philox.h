@@ -2,8 +2,9 @@
 // random_start, and any kernel that wants noise without a noise tensor in memory).
 //
 // The stream. A random op takes `seed_offset`, an int64[2] tensor (seed, offset) drawn from the
-// torch generator (adkernels/ops/_random.py: torch.randint(0, 2**62, (2,)) on the op's device, so
-// torch.manual_seed reproduces results and every call draws a new pair). Element e of the op's
+// torch generator at each call (adkernels/ops/gumbel.py draw_seed_offset: torch.randint(0, 2**62,
+// (2,)) on the op's device), so torch.manual_seed reproduces results and every call draws a new
+// pair. Element e of the op's
 // flattened element order uses
 //     philox4x32_10(key = seed, counter = offset + e / 4)   output lane e % 4,
 // i.e. one Philox call serves four consecutive elements. The 64-bit key is (lo, hi) = (seed & 0xffffffff,
@@ -18,7 +19,9 @@
 // and numpy, so every backend draws the same u for the same (seed, offset, element). u lies
 // in [2^-32, 1 - 2^-24], strictly inside (0, 1).
 //
-// Derived noise (in gumbel_math.h / attack_math.h): the Gumbel noise of element e,
+// Derived noise (gumbel_math.h / attack_math.h): the Gumbel noise of element e -- the one
+// function a fused kernel calls for Gumbel-Softmax noise (Triton twin: adkernels/triton/gumbel.py
+// gumbel_noise) --
 //     gumbel_noise(seed, offset, e) = -log(-log u_e)   finite: within [-3.1, 16.6],
 // and Box-Muller normals (lanes (0, 1) and (2, 3) of a counter are pairs). These use log /
 // cos / sin, so they agree across backends to rounding, while u itself is exact.
