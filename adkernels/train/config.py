@@ -105,6 +105,8 @@ class AdversarialConfig(TeacherConfig):
     kd_weight_s: float = 1.0               # student learns from the teacher
     kd_weight_t: float = 0.1               # teacher learns from the student (small, as in the paper)
     ce_weight: float = 0.0                 # optional CE on true labels in the generator steps (not in the paper)
+    fused: bool = True                     # ADIM generator steps (Gumbel, label_conditioned) in one op:
+                                           # adkernels.adversarial_distillation_loss (same numbers as composed)
     weight_real: float = 1.0
     weight_student: float = 1.0
     weight_teacher: float = 1.0

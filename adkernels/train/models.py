@@ -72,13 +72,17 @@ class Discriminator(nn.Module):
         else:
             self.head = nn.Sequential(nn.Linear(fc + classes, 256), nn.ReLU(), nn.Linear(256, outputs))
 
-    def forward(self, x, labels):
+    def forward(self, x, labels=None):
+        """``[N, K]`` scores of (x, labels); with ``labels=None`` (label_conditioned form) the
+        per-label source logits ``[N, C, K]`` themselves."""
         h = self.body(x)
         if self.form == "concat":
             return self.head(torch.cat([h, labels.to(h.dtype)], dim=1))
         from .. import label_conditioned_scores  # the fused contraction op (adkernels.ops.adversarial)
 
         per_label = self.head(h).view(-1, self.classes, self.outputs)
+        if labels is None:
+            return per_label
         return label_conditioned_scores(per_label, labels.to(per_label.dtype))
 
 

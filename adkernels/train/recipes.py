@@ -195,12 +195,41 @@ class Adversarial(WithTeacher):
                                                        side="discriminator")
         return loss, "disc", {"d_real": torch.sigmoid(scores[:n, 0]).mean().detach()} if not self.three_way else {}
 
-    def generator_step(self, who, x, y, ctx):
+    def use_fused(self):
         c = self.cfg
-        me = self.models[who]
-        logits = me(x)
-        sample = self.label_vector(logits, ctx)
-        scores = self.disc(x, sample)
+        return (c.fused and self.three_way and self.has_teacher and c.gumbel and c.disc_form == "label_conditioned"
+                and hasattr(__import__("adkernels"), "adversarial_distillation_loss"))
+
+    def fused_generator_step(self, who, x, y, ctx):
+        """The same loss as ``generator_step`` (same Gumbel noise) through
+        ``adkernels.adversarial_distillation_loss``: sample, scoring, generator loss and KD."""
+        c = self.cfg
+        logits = self.models[who](x)
+        other_logits = self.targets_of(who, x)
+        per_label = self.disc(x)
+        source = torch.full((len(x),), 1 if who == "student" else 2, dtype=torch.long, device=x.device)
+        tau = self.tau(ctx)
+        loss = adk_op("adversarial_distillation_loss", c.recipe)(
+            logits, other_logits, per_label, source, tau=tau, hard=c.hard, weights=self.weights,
+            kd_weight=c.kd_weight_s if who == "student" else c.kd_weight_t, temperature=c.temperature,
+            mode=c.gen_mode, parameterization=c.parameterization)
+        if c.ce_weight:
+            loss = loss + c.ce_weight * F.cross_entropy(logits, y)
+        return loss, who, {"tau": tau}
+
+    def generator_step(self, who, x, y, ctx):
+        if self.use_fused():
+            return self.fused_generator_step(who, x, y, ctx)
+        c = self.cfg
+        logits = self.models[who](x)
+        other_logits = self.targets_of(who, x)
+        if c.disc_form == "label_conditioned":  # D's per-label logits first: the RNG order of the fused step
+            per_label = self.disc(x)
+            sample = self.label_vector(logits, ctx)
+            scores = self.ops["label_conditioned_scores"](per_label, sample)
+        else:
+            sample = self.label_vector(logits, ctx)
+            scores = self.disc(x, sample)
         if self.three_way:
             source = torch.full((len(x),), 1 if who == "student" else 2, dtype=torch.long, device=x.device)
             adv = self.ops["generator_loss"](scores, source, mode=c.gen_mode, weights=self.weights,
@@ -210,10 +239,7 @@ class Adversarial(WithTeacher):
             adv = self.ops["binary_adversarial_loss"](None, scores[:, 0], kind="bce", side=side)
         loss = adv
         metrics = {"adv": adv.detach()}
-        if self.has_teacher:
-            other = self.teacher if who == "student" else self.student
-            with torch.no_grad():
-                other_logits = other(x)
+        if other_logits is not None:
             w = c.kd_weight_s if who == "student" else c.kd_weight_t
             kd = self.ops["kd_loss"](logits, other_logits, temperature=c.temperature)
             loss = loss + w * kd
@@ -223,6 +249,18 @@ class Adversarial(WithTeacher):
         if c.gumbel:
             metrics["tau"] = self.tau(ctx)
         return loss, who, metrics
+
+    def targets_of(self, who, x):
+        """The other model's logits (no grad, eval mode: no dropout on the soft targets)."""
+        if not self.has_teacher:
+            return None
+        other = self.teacher if who == "student" else self.student
+        was = other.training
+        other.eval()
+        with torch.no_grad():
+            out = other(x)
+        other.train(was)
+        return out
 
 
 class NGAN(Adversarial):
