@@ -71,3 +71,13 @@ def test_bench_topk_kd_tiny_case():
     row = bench_topk_kd.bench_case(32, 300, 16, torch.float32, "cpu", repeats=1, use_compile=False)
     assert row["fused_ms"] > 0 and row["eager_ms"] > 0 and row["floor_ms"] > 0
     assert row["loss_err"] < 1e-4 and row["grad_err"] < 1e-4
+
+
+@needs_cpp
+def test_bench_soft_ce_tiny_case():
+    import bench_soft_ce
+
+    for dtype in (torch.float32, torch.bfloat16):
+        row = bench_soft_ce.bench_case(32, 300, dtype, "cpu", repeats=1, use_compile=False)
+        assert row["fused_ms"] > 0 and row["eager_ms"] > 0 and row["floor_ms"] > 0
+        assert row["loss_err"] < 2e-2 and row["grad_err"] < 2e-2

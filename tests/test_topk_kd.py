@@ -6,7 +6,6 @@ import contextlib
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 import adkernels

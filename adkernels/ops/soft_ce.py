@@ -156,9 +156,9 @@ def soft_target_cross_entropy(logits: Tensor, soft_targets: Tensor, *, reduction
     if reduction not in SOFT_CE_REDUCTIONS:
         raise ValueError(f"{op}: reduction must be one of {SOFT_CE_REDUCTIONS}, got {reduction!r}")
     if check_targets and soft_targets.numel() and not torch.compiler.is_compiling():
-        neg = soft_targets.detach() < 0
-        if bool(neg.any()):
-            idx = tuple(int(i) for i in neg.nonzero()[0])
+        # one read-only reduction (no [N, V] mask) unless a negative target is there to locate
+        if bool(soft_targets.detach().amin() < 0):
+            idx = tuple(int(i) for i in (soft_targets.detach() < 0).nonzero()[0])
             raise ValueError(f"{op}: soft_targets{list(idx)} = {soft_targets[idx].item():.4g} is negative; soft "
                              "targets must be >= 0 (a probability vector per row, or non-negative weights)")
     V = logits.shape[-1]

@@ -120,8 +120,8 @@ def _check_teacher(op: str, ids, logprobs, leading: torch.Size, V: int, like: Te
     ids2 = ids.reshape(n, K).long().contiguous()
     lt2 = logprobs.detach().reshape(n, K).to(acc).contiguous()
     if ids2.numel() and not torch.compiler.is_compiling():
-        bad = (ids2 < 0) | (ids2 >= V)
-        if bool(bad.any()):
+        if bool(ids2.amin() < 0) or bool(ids2.amax() >= V):
+            bad = (ids2 < 0) | (ids2 >= V)
             r, c = (int(i) for i in bad.nonzero()[0])
             raise ValueError(f"{op}: teacher_topk_ids[{r}, {c}] = {int(ids2[r, c])} is out of range [0, {V})")
         if K > 1:
