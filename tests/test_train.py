@@ -361,3 +361,12 @@ def test_adim_fused_step_equals_composed_ops(tmp_path):
     fused = [json.loads(ln) for ln in open(tmp_path / "f" / "metrics.jsonl") if '"student"' in ln and '"train"' in ln]
     composed = [json.loads(ln) for ln in open(tmp_path / "c" / "metrics.jsonl") if '"student"' in ln and '"train"' in ln]
     assert [r["loss"] for r in fused] == pytest.approx([r["loss"] for r in composed], rel=1e-5)
+
+
+def test_max_steps_then_resume_continues_mid_epoch(tmp_path):
+    kw = dict(epochs=2, n_train=24, student_dropout=0.3)
+    T.run(tiny("ce", tmp_path / "a", **kw))
+    part = T.run(tiny("ce", tmp_path / "b", max_steps=4, **kw))  # 3 steps per epoch: stops inside epoch 1
+    assert part["global_step"] == 4
+    assert T.run(tiny("ce", tmp_path / "b", resume=True, **kw))["global_step"] == 6
+    _assert_same_checkpoint(tmp_path / "a", tmp_path / "b")

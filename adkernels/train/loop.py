@@ -222,9 +222,11 @@ def _train(cfg, recipe_cls, dist, device) -> dict:
         passes = recipe.passes(epoch)
         ctx.epoch = epoch
         order, order_pass = None, -1
+        pos = start_step  # next step of this epoch
         for s in range(start_step, epoch_len[epoch]):
             if global_step >= total:
                 break
+            pos = s + 1
             p, b = divmod(s, spp)
             if p != order_pass:
                 order, order_pass = epoch_order(n, cfg.seed, epoch, p).to(device), p
@@ -279,6 +281,9 @@ def _train(cfg, recipe_cls, dist, device) -> dict:
         if bar:
             bar.write("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                 for k, v in ev.items() if k not in ("type", "time")))
+        if pos < epoch_len[epoch]:  # --max-steps ended the run inside this epoch
+            save(epoch, pos)
+            break
         epoch, start_step = epoch + 1, 0
         save(epoch, 0)
         if global_step >= total:
