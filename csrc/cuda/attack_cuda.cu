@@ -291,6 +291,119 @@ void pgd_step_inplace_cuda(const at::Tensor& x_adv, const at::Tensor& grad, cons
   launch(kind, x_adv, grad, &x_nat, x_adv, step, &eps, lo, hi, bound_inner);
 }
 
+// ---- random_start ----------------------------------------------------------------------------------
+// linf: one thread per Philox counter (four consecutive elements), x' = box(x + eps[n] * t).
+// l2: one block per sample: ||z||^2 of the Box-Muller normals (block reduction), the scale, then
+// a pass that regenerates z. The product is rounded before the add (__fmul_rn / __dmul_rn: no
+// FMA contraction), as in the reference, so linf is bit-identical to it.
+
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+
+template <bool kBounds, typename x_t>
+__global__ void random_linf_kernel(const x_t* x, x_t* out, const x_t* __restrict__ eps,
+                                   const int64_t* __restrict__ seed_offset, Bounds<x_t> b, int64_t total, int64_t D) {
+  const uint64_t seed = static_cast<uint64_t>(seed_offset[0]), offset = static_cast<uint64_t>(seed_offset[1]);
+  const int64_t counters = (total + 3) / 4;
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+  for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < counters; c += stride) {
+    uint32_t bits[4];
+    philox4x32_10(seed, offset + static_cast<uint64_t>(c), bits);
+#pragma unroll
+    for (int lane = 0; lane < 4; ++lane) {
+      const int64_t i = c * 4 + lane;
+      if (i >= total) break;
+      x_t lo, hi;
+      bounds_of<kBounds>(i, b, lo, hi);
+      const x_t d = mul_rn(eps[i / D], random_linf_noise<x_t>(bits[lane]));
+      out[i] = ad_clamp(x[i] + d, lo, hi);
+    }
+  }
+}
+
+template <bool kBounds, typename x_t>
+__global__ void random_l2_kernel(const x_t* x, x_t* out, const x_t* __restrict__ eps,
+                                 const int64_t* __restrict__ seed_offset, Bounds<x_t> b, int64_t D) {
+  __shared__ x_t smem[(kThreads / kWarp) * 3];
+  __shared__ x_t scale_s;
+  const uint64_t seed = static_cast<uint64_t>(seed_offset[0]), offset = static_cast<uint64_t>(seed_offset[1]);
+  const int64_t n = blockIdx.x, begin = n * D, end = begin + D;
+  x_t v[3] = {0, 0, 0};
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    const x_t z = random_start_noise<x_t, true>(seed, offset, static_cast<uint64_t>(i));
+    v[0] += z * z;
+  }
+  block_sum3(v, smem);
+  if (threadIdx.x == 0) scale_s = random_l2_scale<x_t>(seed, offset, n, D, v[0], eps[n]);
+  __syncthreads();
+  const x_t scale = scale_s;
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    x_t lo, hi;
+    bounds_of<kBounds>(i, b, lo, hi);
+    const x_t d = mul_rn(scale, random_start_noise<x_t, true>(seed, offset, static_cast<uint64_t>(i)));
+    out[i] = ad_clamp(x[i] + d, lo, hi);
+  }
+}
+
+void check_random(const char* op, const at::Tensor& x, const at::Tensor& eps, const at::Tensor& seed_offset,
+                  int64_t norm, const std::optional<at::Tensor>& lo, const std::optional<at::Tensor>& hi,
+                  int64_t bound_inner) {
+  TORCH_CHECK(norm == 0 || norm == 1, op, ": norm must be 0 (linf) or 1 (l2), got ", norm);
+  TORCH_CHECK(seed_offset.numel() == 2 && seed_offset.scalar_type() == at::kLong && seed_offset.is_contiguous() &&
+                  seed_offset.device() == x.device(),
+              op, ": seed_offset must be a contiguous int64 tensor of 2 elements on x's device");
+  // x stands in for grad and eps for step: the shared checks cover x, eps and the bounds.
+  check_args(op, x, x, nullptr, eps, nullptr, lo, hi, bound_inner);
+}
+
+void launch_random(const at::Tensor& x, const at::Tensor& out, const at::Tensor& eps, const at::Tensor& seed_offset,
+                   int64_t norm, const std::optional<at::Tensor>& lo, const std::optional<at::Tensor>& hi,
+                   int64_t bound_inner) {
+  if (x.numel() == 0) return;
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t N = x.size(0), total = x.numel(), D = total / N;
+  const bool has_bounds = lo.has_value();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "random_start_cuda", [&] {
+    using x_t = scalar_t;
+    const Bounds<x_t> b{has_bounds ? lo->const_data_ptr<x_t>() : nullptr, has_bounds ? hi->const_data_ptr<x_t>() : nullptr,
+                        has_bounds ? lo->numel() : 1, std::max<int64_t>(bound_inner, 1)};
+    const x_t* xp = x.const_data_ptr<x_t>();
+    x_t* op = static_cast<x_t*>(out.data_ptr());
+    const x_t* ep = eps.const_data_ptr<x_t>();
+    const int64_t* sp = seed_offset.const_data_ptr<int64_t>();
+    if (norm == 0) {
+      const int64_t counters = (total + 3) / 4;
+      const unsigned blocks = static_cast<unsigned>(
+          std::max<int64_t>(1, std::min<int64_t>((counters + kThreads - 1) / kThreads, int64_t(num_sms()) * 32)));
+      if (has_bounds) random_linf_kernel<true, x_t><<<blocks, kThreads, 0, stream>>>(xp, op, ep, sp, b, total, D);
+      else random_linf_kernel<false, x_t><<<blocks, kThreads, 0, stream>>>(xp, op, ep, sp, b, total, D);
+    } else {
+      TORCH_CHECK(N <= std::numeric_limits<int32_t>::max(), "random_start: batch of ", N, " too large for one launch");
+      const unsigned blocks = static_cast<unsigned>(N);
+      if (has_bounds) random_l2_kernel<true, x_t><<<blocks, kThreads, 0, stream>>>(xp, op, ep, sp, b, D);
+      else random_l2_kernel<false, x_t><<<blocks, kThreads, 0, stream>>>(xp, op, ep, sp, b, D);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+at::Tensor random_start_cuda(const at::Tensor& x, const at::Tensor& eps, const at::Tensor& seed_offset, int64_t norm,
+                             const std::optional<at::Tensor>& lo, const std::optional<at::Tensor>& hi,
+                             int64_t bound_inner) {
+  check_random("random_start", x, eps, seed_offset, norm, lo, hi, bound_inner);
+  auto out = at::empty_like(x);
+  launch_random(x, out, eps, seed_offset, norm, lo, hi, bound_inner);
+  return out;
+}
+
+void random_start_inplace_cuda(const at::Tensor& x, const at::Tensor& eps, const at::Tensor& seed_offset, int64_t norm,
+                               const std::optional<at::Tensor>& lo, const std::optional<at::Tensor>& hi,
+                               int64_t bound_inner) {
+  check_random("random_start_", x, eps, seed_offset, norm, lo, hi, bound_inner);
+  launch_random(x, x, eps, seed_offset, norm, lo, hi, bound_inner);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(adkernels, CUDA, m) {
@@ -298,6 +411,8 @@ TORCH_LIBRARY_IMPL(adkernels, CUDA, m) {
   m.impl("sign_step_", &sign_step_inplace_cuda);
   m.impl("pgd_step", &pgd_step_cuda);
   m.impl("pgd_step_", &pgd_step_inplace_cuda);
+  m.impl("random_start", &random_start_cuda);
+  m.impl("random_start_", &random_start_inplace_cuda);
 }
 
 }  // namespace adkernels::cuda

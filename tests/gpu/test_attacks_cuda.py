@@ -168,3 +168,33 @@ def test_opcheck_cuda():
     torch.library.opcheck(ops.sign_step_.default, (x_adv.clone(), grad, step, None, None, 1))
     torch.library.opcheck(ops.pgd_step.default, (x_adv, grad, x_nat, step, eps, 1, lo, hi, 20))
     torch.library.opcheck(ops.pgd_step_.default, (x_adv.clone(), grad, x_nat, step, eps, 0, lo, hi, 20))
+
+
+# ---- random_start ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bound", ["none", "scalar", "channel"])
+def test_random_start_matches_reference(backend, norm, dtype, bound):
+    require(backend)
+    shape = (3, 3, 9, 7)
+    x, _, _ = make(shape, dtype)
+    lo, hi = bounds(bound, shape, dtype)
+    eps = torch.tensor([0.1, 0.0, 0.05], dtype=dtype, device=DEVICE)
+    torch.manual_seed(4)
+    with adkernels.use_backend(backend):
+        got = adkernels.random_start(x, eps, norm=norm, lo=lo, hi=hi)
+    torch.manual_seed(4)
+    with adkernels.use_backend("reference"):
+        want = adkernels.random_start(x, eps, norm=norm, lo=lo, hi=hi)
+    if norm == "linf":  # the product is rounded before the add on every backend
+        assert torch.equal(got, want)
+    else:
+        tol = 8 * torch.finfo(dtype).eps
+        torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+    y = x.clone()
+    torch.manual_seed(4)
+    with adkernels.use_backend(backend):
+        adkernels.random_start_(y, eps, norm=norm, lo=lo, hi=hi)
+    assert torch.equal(y, got)
