@@ -81,3 +81,12 @@ def test_bench_soft_ce_tiny_case():
         row = bench_soft_ce.bench_case(32, 300, dtype, "cpu", repeats=1, use_compile=False)
         assert row["fused_ms"] > 0 and row["eager_ms"] > 0 and row["floor_ms"] > 0
         assert row["loss_err"] < 2e-2 and row["grad_err"] < 2e-2
+
+
+@needs_cpp
+def test_bench_gumbel_tiny_case():
+    import bench_gumbel
+
+    for dtype in (torch.float32, torch.bfloat16):  # checks the fused forward against the reference inside
+        row = bench_gumbel.bench_case((16, 300), dtype, "cpu", repeats=1)
+        assert row["fused_ms"] > 0 and row["eager_ms"] > 0 and row["floor_ms"] > 0
