@@ -521,6 +521,20 @@ def test_random_start_opcheck_cpp(name):
         torch.library.opcheck(op, tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args))
 
 
+@needs_triton
+@pytest.mark.parametrize("name", ["random_start_triton", "random_start_triton_"])
+def test_random_start_opcheck_triton(name):
+    import adkernels.triton.attacks  # noqa: F401
+
+    op = getattr(torch.ops.adkernels, name).default
+    x, _, _ = make((3, 2, 5, 4), seed=1)
+    eps = torch.tensor([0.03, 0.0, 0.05])
+    so = torch.tensor([123, 456])
+    lo, hi = torch.tensor([0.1, 0.2]), torch.tensor([0.8, 0.9])
+    for args in [(x, eps, so, 0, lo, hi, 20), (x, eps, so, 1, None, None, 1)]:
+        torch.library.opcheck(op, tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args))
+
+
 @needs_cpp
 def test_random_start_torch_compile_fullgraph():
     torch._dynamo.reset()

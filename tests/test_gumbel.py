@@ -342,3 +342,13 @@ def test_bad_input(backend):
         for fn, exc, match in cases:
             with pytest.raises(exc, match=match):
                 fn()
+
+
+@needs_cpp
+@pytest.mark.parametrize("hard", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_long_rows(hard, dtype):
+    # rows longer than the kernel's 2048-column chunk, V not a multiple of 4 (rows start
+    # mid-counter), and a dim that is not the last
+    compare("cpu", (3, 4501), dtype, 0.8, hard, -1, 9)
+    compare("cpu", (2411, 3), dtype, 2.0, hard, 0, 10)
