@@ -44,51 +44,63 @@ using at::vec::Vectorized;
 
 constexpr int64_t kBlock = 256;  // rows per block: a multiple of every vector width
 
-template <typename scalar_t>
-void source_rows_impl(const AdvSourceArgs& a, int64_t begin, int64_t end) {
+template <typename scalar_t, int K>
+void source_rows_k(const AdvSourceArgs& a, int64_t begin, int64_t end) {
   using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
   using Vec = Vectorized<acc_t>;
-  const int64_t K = a.K;
-  const auto* in = static_cast<const scalar_t*>(a.logits);
-  auto* out_grad = static_cast<scalar_t*>(a.grad);
-  auto* rows = static_cast<acc_t*>(a.rows);
-  const acc_t scale[3] = {static_cast<acc_t>(a.scale[0]), static_cast<acc_t>(a.scale[1]),
-                          static_cast<acc_t>(a.scale[2])};
-  alignas(64) acc_t z[3][kBlock], m[3][kBlock], c[kBlock], g[3][kBlock], loss[kBlock];
+  const scalar_t* __restrict__ in = static_cast<const scalar_t*>(a.logits);
+  const int64_t* __restrict__ source = a.source;
+  scalar_t* __restrict__ out_grad = static_cast<scalar_t*>(a.grad);
+  acc_t* __restrict__ rows = static_cast<acc_t*>(a.rows);
+  const Vec s0(static_cast<acc_t>(a.scale[0])), s1(static_cast<acc_t>(a.scale[1])),
+      s2(static_cast<acc_t>(a.scale[2]));
+  const Vec zero(0), one(1), two(2);
+  alignas(64) acc_t z[3][kBlock], sf[kBlock], g[3][kBlock];
+  for (int64_t r = 0; r < kBlock; ++r) z[2][r] = acc_t(0);  // unused third logit of the tree
   for (int64_t n0 = begin; n0 < end; n0 += kBlock) {
     const int64_t B = std::min(kBlock, end - n0);
     const int64_t Bv = (B + Vec::size() - 1) / Vec::size() * Vec::size();
-    for (int64_t r = 0; r < Bv; ++r) {
-      if (r < B) {
-        const int64_t n = n0 + r;
-        const int64_t src = a.source[n];
-        for (int64_t j = 0; j < 3; ++j) {
-          z[j][r] = j < K ? static_cast<acc_t>(in[n * K + j]) : acc_t(0);
-          m[j][r] = src == j ? acc_t(1) : acc_t(0);
-        }
-        c[r] = scale[src];
-      } else {  // padding lanes: a harmless row, never written back
-        for (int64_t j = 0; j < 3; ++j) {
-          z[j][r] = acc_t(0);
-          m[j][r] = j == 0 ? acc_t(1) : acc_t(0);
-        }
-        c[r] = acc_t(0);
-      }
+    // transpose the block into per-logit arrays (the source as a float), zero padding lanes
+    for (int64_t r = 0; r < B; ++r) sf[r] = static_cast<acc_t>(source[n0 + r]);
+    for (int j = 0; j < K; ++j) {
+      const scalar_t* col = in + n0 * K + j;
+      for (int64_t r = 0; r < B; ++r) z[j][r] = static_cast<acc_t>(col[r * K]);
     }
+    for (int64_t r = B; r < Bv; ++r) {
+      sf[r] = acc_t(0);
+      for (int j = 0; j < K; ++j) z[j][r] = acc_t(0);
+    }
+    acc_t* loss = rows + n0;
     for (int64_t r = 0; r < Bv; r += Vec::size()) {
+      const Vec sv = Vec::loadu(sf + r);
       const Vec zv[3] = {Vec::loadu(z[0] + r), Vec::loadu(z[1] + r), Vec::loadu(z[2] + r)};
-      const Vec mv[3] = {Vec::loadu(m[0] + r), Vec::loadu(m[1] + r), Vec::loadu(m[2] + r)};
+      const Vec mv[3] = {Vec::blendv(zero, one, sv == zero), Vec::blendv(zero, one, sv == one),
+                         Vec::blendv(zero, one, sv == two)};
+      const Vec c = Vec::blendv(Vec::blendv(s2, s1, sv == one), s0, sv == zero);
       Vec lv, gv[3];
-      adv_source_row<Vec>(a.param, a.mode, zv, mv, Vec::loadu(c + r), lv, gv);
-      lv.store(loss + r);
-      for (int64_t j = 0; j < 3; ++j) gv[j].store(g[j] + r);
+      adv_source_row<Vec>(a.param, a.mode, zv, mv, c, lv, gv);
+      if (r + Vec::size() <= B) {
+        lv.store(loss + r);
+      } else {
+        lv.store(loss + r, static_cast<int>(B - r));
+      }
+      for (int j = 0; j < K; ++j) gv[j].store(g[j] + r);
     }
-    std::copy(loss, loss + B, rows + n0);
     if (out_grad) {
-      for (int64_t r = 0; r < B; ++r) {
-        for (int64_t j = 0; j < K; ++j) out_grad[(n0 + r) * K + j] = static_cast<scalar_t>(g[j][r]);
+      for (int j = 0; j < K; ++j) {
+        scalar_t* col = out_grad + n0 * K + j;
+        for (int64_t r = 0; r < B; ++r) col[r * K] = static_cast<scalar_t>(g[j][r]);
       }
     }
+  }
+}
+
+template <typename scalar_t>
+void source_rows_impl(const AdvSourceArgs& a, int64_t begin, int64_t end) {
+  if (a.K == 3) {
+    source_rows_k<scalar_t, 3>(a, begin, end);
+  } else {
+    source_rows_k<scalar_t, 2>(a, begin, end);
   }
 }
 

@@ -53,6 +53,21 @@ C10_HOST_DEVICE inline V adv_sigmoid(V x) {
   return V(1) / (V(1) + ad_exp(V(0) - x));
 }
 
+// softplus(+-x) and sigmoid(+-x) from one exp and one log1p: with e = exp(-|x|),
+// sp(+-x) = max(+-x, 0) + log1p(e), s(+-x) = e / (1 + e) + [+-x > 0] (1 - e) / (1 + e)
+// (each sigmoid is 1/(1+e) or e/(1+e): no 1 - s cancellation).
+template <typename V>
+C10_HOST_DEVICE inline void adv_sp_sig(V x, V& sp_pos, V& sp_neg, V& sig, V& sig_neg) {
+  const V e = ad_exp(V(0) - adv_abs(x));
+  const V l = adv_log1p(e);
+  const V inv = V(1) / (V(1) + e);
+  const V small = e * inv, rest = (V(1) - e) * inv;
+  sp_pos = ad_max(x, V(0)) + l;
+  sp_neg = ad_max(V(0) - x, V(0)) + l;
+  sig = small + where_pos(x, rest);
+  sig_neg = small + where_pos(V(0) - x, rest);
+}
+
 // One row of the three-way loss: z[0..K) logits (K = 3 softmax, 2 binary tree), m the one-hot
 // source indicator, c the row's scale. Writes the scaled loss and gradient g[0..K).
 template <typename V>
@@ -74,16 +89,12 @@ C10_HOST_DEVICE inline void adv_source_row(int64_t param, int64_t mode, const V 
     p[1] = e1 * inv;
     p[2] = e2 * inv;
   } else {
-    const V a = z[0], b = z[1];
-    const V spa = adv_softplus(a), spna = adv_softplus(V(0) - a);
-    const V spb = adv_softplus(b), spnb = adv_softplus(V(0) - b);
+    V spa, spna, spb, spnb;
+    adv_sp_sig(z[0], spa, spna, sa, sna);
+    adv_sp_sig(z[1], spb, spnb, sb, snb);
     L[0] = V(0) - spna;
     L[1] = V(0) - spa - spnb;
     L[2] = V(0) - spa - spb;
-    sa = adv_sigmoid(a);
-    sna = adv_sigmoid(V(0) - a);
-    sb = adv_sigmoid(b);
-    snb = adv_sigmoid(V(0) - b);
   }
   V u[3];
   if (mode == ADV_NONSAT) {
@@ -136,19 +147,20 @@ C10_HOST_DEVICE inline void adv_source_row(int64_t param, int64_t mode, const V 
 template <typename V>
 C10_HOST_DEVICE inline void adv_binary_term(int64_t kind, int64_t role, V x, V y, V& loss, V& grad) {
   if (kind == ADV_BCE || kind == ADV_RELATIVISTIC) {
-    const V s = adv_sigmoid(x);
+    V sp, spn, s, sn;
+    adv_sp_sig(x, sp, spn, s, sn);
     if (role == ADV_D_REAL) {
-      loss = y * adv_softplus(V(0) - x) + (V(1) - y) * adv_softplus(x);
-      grad = s - y;
+      loss = y * spn + (V(1) - y) * sp;
+      grad = (V(1) - y) * s - y * sn;  // s - y, without the cancellation at y = 1
     } else if (role == ADV_D_FAKE || (kind == ADV_RELATIVISTIC && role == ADV_G_MINIMAX)) {
-      loss = adv_softplus(x);
+      loss = sp;
       grad = s;
     } else if (role == ADV_G_MINIMAX) {
-      loss = V(0) - adv_softplus(x);
+      loss = V(0) - sp;
       grad = V(0) - s;
     } else {
-      loss = adv_softplus(V(0) - x);
-      grad = s - V(1);
+      loss = spn;
+      grad = V(0) - sn;  // s(x) - 1
     }
   } else if (kind == ADV_HINGE) {
     if (role == ADV_D_REAL) {
