@@ -10,7 +10,6 @@ from hypothesis import given, strategies as st
 
 import adkernels
 from adkernels import REAL, STUDENT, TEACHER
-from adkernels.reference import adversarial as ref
 
 from helpers import assert_close_to_gt, grads
 
