@@ -33,9 +33,13 @@ TORCH_LIBRARY(adkernels, m) {
   // Soft-target cross entropy, forward with the gradients made in the same pass (kd_math.h).
   // logits, targets: [N, V] contiguous, same dtype; targets non-negative (not checked here).
   // Returns (loss [N] fp32 (fp64) = -sum_k q_k log softmax(z)_k, unreduced;
-  //          d loss_n / d logits = softmax(z) sum(q) - q, or an empty tensor if not asked;
-  //          d loss_n / d targets = lse(z) - z, or an empty tensor if not asked).
-  m.def("soft_ce_fwd(Tensor logits, Tensor targets, bool grad_logits, bool grad_targets) -> (Tensor, Tensor, Tensor)");
+  //          grad_scale * d loss_n / d logits = grad_scale (softmax(z) sum(q) - q), or an empty
+  //          tensor if not asked; grad_scale * d loss_n / d targets = grad_scale (lse(z) - z), or
+  //          an empty tensor). grad_scale: the reduction's factor (1 / N for a mean), so that the
+  //          backward of a mean has nothing left to scale.
+  m.def(
+      "soft_ce_fwd(Tensor logits, Tensor targets, bool grad_logits, bool grad_targets, float grad_scale) "
+      "-> (Tensor, Tensor, Tensor)");
   // ADA-Lab-style refined targets (no gradient). logits_adv, logits_aa: [N, V] contiguous, same
   // dtype; target: [N] int64 in [0, V). Returns (targets [N, V] in the input dtype =
   // (1 - w) onehot(y) + w softmax(logits_aa / T), w [N] fp32 (fp64) with

@@ -147,13 +147,13 @@ def test_kernel_writes_every_output():
     for _ in range(3):
         poison = torch.full((7 * 50 * 4,), float("nan"))
         del poison
-        loss, gz, gq = torch.ops.adkernels.soft_ce_fwd(z, q, True, True)
+        loss, gz, gq = torch.ops.adkernels.soft_ce_fwd(z, q, True, True, 1.0)
         assert torch.isfinite(loss).all() and torch.isfinite(gz).all() and torch.isfinite(gq).all()
 
 
 def _opcheck(soft_op, ada_op):
     z, q = make(5, 19, torch.float32)
-    for args in [(z, q, True, True), (z, q, True, False), (z.double(), q.double(), False, True)]:
+    for args in [(z, q, True, True, 1.0), (z, q, True, False, 0.25), (z.double(), q.double(), False, True, 1.0)]:
         torch.library.opcheck(soft_op, args)
     za, zb = make(5, 19, torch.float32)
     y = torch.randint(0, 19, (5,))

@@ -28,7 +28,7 @@ SOFT_CE_REDUCTIONS = ("mean", "batchmean", "sum", "none")
 
 # ---- low-level ops: fake kernels and backend kernels ----------------------------------------------
 
-def soft_ce_fwd_fake(logits, targets, grad_logits, grad_targets):
+def soft_ce_fwd_fake(logits, targets, grad_logits, grad_targets, grad_scale):
     """Shapes of ``soft_ce_fwd`` (shared by the C++ op and the Triton op)."""
     loss_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     loss = logits.new_empty((logits.shape[0],), dtype=loss_dtype)
@@ -86,31 +86,36 @@ class SoftCEFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, targets, reduction, backend):
-        rows, gz, gq = _soft_ce_kernel(backend)(logits, targets, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        # The reduction's factor (1 / N for a mean: N is known here, no data-dependent count)
+        # goes into the kernel, so the usual backward (grad_output = 1) returns the gradient
+        # as made, without another pass over [N, V].
+        n = logits.shape[0]
+        scale = 1.0 / max(n, 1) if reduction in ("mean", "batchmean") else 1.0
+        rows, gz, gq = _soft_ce_kernel(backend)(logits, targets, ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                                                scale)
         ctx.save_for_backward(gz, gq)
         ctx.reduction = reduction
-        ctx.n = logits.shape[0]
         if reduction == "none":
             return rows
         total = rows.sum()
-        return total if reduction == "sum" else total / max(ctx.n, 1)
+        return total if reduction == "sum" else total * scale
 
     @staticmethod
     def backward(ctx, grad):
         from ._validate import _graph_is_kept
 
         gz, gq = ctx.saved_tensors
-        if ctx.reduction == "none":
-            scale = grad.unsqueeze(-1)
-        elif ctx.reduction == "sum":
-            scale = grad
-        else:
-            scale = grad / max(ctx.n, 1)
+        scale = grad.unsqueeze(-1) if ctx.reduction == "none" else grad
         keep = _graph_is_kept()
+        # grad_output == 1 (loss.backward() on the loss itself): nothing to scale. Eager only:
+        # the test reads a value.
+        unit = not keep and ctx.reduction != "none" and bool(grad == 1)
         out = []
         for g, need in ((gz, ctx.needs_input_grad[0]), (gq, ctx.needs_input_grad[1])):
             if not need:
                 out.append(None)
+            elif unit:
+                out.append(g)
             elif keep:
                 out.append((g * scale).to(g.dtype))
             else:  # the graph is freed after this backward: scale the saved gradient in place

@@ -31,7 +31,7 @@ def _online(m, s, x, scale):
 
 
 @triton.jit
-def _soft_ce_kernel(z_ptr, q_ptr, loss_ptr, gz_ptr, gq_ptr, V,
+def _soft_ce_kernel(z_ptr, q_ptr, loss_ptr, gz_ptr, gq_ptr, V, grad_scale: tl.float64,
                     ACC: tl.constexpr, WRITE_GZ: tl.constexpr, WRITE_GQ: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     z_row = z_ptr + row * V
@@ -52,6 +52,7 @@ def _soft_ce_kernel(z_ptr, q_ptr, loss_ptr, gz_ptr, gq_ptr, V,
     lse = m + tl.log(s)
     tl.store(loss_ptr + row, (qsum * lse - qz).to(loss_ptr.dtype.element_ty))  # soft_ce_value
     if WRITE_GZ or WRITE_GQ:
+        gs = tl.full([], grad_scale, ACC)
         for start in range(0, V, BLOCK):
             cols = start + offs
             mask = cols < V
@@ -59,11 +60,11 @@ def _soft_ce_kernel(z_ptr, q_ptr, loss_ptr, gz_ptr, gq_ptr, V,
             q = tl.load(q_row + cols, mask=mask, other=0.0).to(ACC)
             if WRITE_GZ:
                 p = tl.exp(z - lse)
-                tl.store(gz_ptr + row * V + cols, (p * qsum - q).to(gz_ptr.dtype.element_ty), mask=mask)
+                tl.store(gz_ptr + row * V + cols, (gs * (p * qsum - q)).to(gz_ptr.dtype.element_ty), mask=mask)
             if WRITE_GQ:
                 d = lse - z  # soft_ce_grad_target: 0 where q = 0 and z = -inf
                 d = tl.where(z > _NEG_INF, d, tl.where(q > 0, d, 0.0))
-                tl.store(gq_ptr + row * V + cols, d.to(gq_ptr.dtype.element_ty), mask=mask)
+                tl.store(gq_ptr + row * V + cols, (gs * d).to(gq_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -133,17 +134,18 @@ def _acc(x):
 
 
 @torch.library.custom_op("adkernels::soft_ce_fwd_triton", mutates_args=())
-def soft_ce_fwd_triton(logits: Tensor, targets: Tensor, grad_logits: bool, grad_targets: bool
+def soft_ce_fwd_triton(logits: Tensor, targets: Tensor, grad_logits: bool, grad_targets: bool, grad_scale: float
                        ) -> tuple[Tensor, Tensor, Tensor]:
-    """Triton ``soft_ce_fwd``: (loss [N], d loss_n / d logits or empty, d loss_n / d targets or empty)."""
+    """Triton ``soft_ce_fwd``: (loss [N], grad_scale * d loss_n / d logits or empty, grad_scale * d loss_n /
+    d targets or empty)."""
     _check_pair("soft_ce_fwd_triton", logits, targets)
-    loss, gz, gq = soft_ce_fwd_fake(logits, targets, grad_logits, grad_targets)
+    loss, gz, gq = soft_ce_fwd_fake(logits, targets, grad_logits, grad_targets, grad_scale)
     N, V = logits.shape
     if N == 0 or V == 0:
         return loss.zero_(), gz, gq
     BLOCK = _block(V)
     with _quiet_interpreter():
-        _soft_ce_kernel[(N,)](logits, targets, loss, gz if grad_logits else loss, gq if grad_targets else loss, V,
+        _soft_ce_kernel[(N,)](logits, targets, loss, gz if grad_logits else loss, gq if grad_targets else loss, V, float(grad_scale),
                               ACC=_acc(logits), WRITE_GZ=bool(grad_logits), WRITE_GQ=bool(grad_targets), BLOCK=BLOCK,
                               num_warps=4 if BLOCK <= 1024 else 8)
     return loss, gz, gq

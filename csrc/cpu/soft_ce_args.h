@@ -15,6 +15,7 @@ struct SoftCeArgs {
   void* grad_targets;   // [N, V] input dtype, nullptr: not asked
   int64_t N, V;
   DType dtype;
+  double grad_scale;    // multiplies both gradients
 };
 
 struct AdaLabArgs {

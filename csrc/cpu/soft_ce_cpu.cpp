@@ -24,12 +24,13 @@ static DType soft_ce_dtype_of(const at::Tensor& t) {
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_ce_fwd_cpu(const at::Tensor& logits, const at::Tensor& targets,
-                                                               bool grad_logits, bool grad_targets) {
+                                                               bool grad_logits, bool grad_targets,
+                                                               double grad_scale) {
   auto [loss, gz, gq] = soft_ce_fwd_prepare(logits, targets, grad_logits, grad_targets);
   const int64_t N = logits.size(0), V = logits.size(1);
   if (N == 0 || V == 0) return {loss, gz, gq};
   SoftCeArgs a{logits.data_ptr(), targets.data_ptr(), loss.data_ptr(), grad_logits ? gz.data_ptr() : nullptr,
-               grad_targets ? gq.data_ptr() : nullptr, N, V, soft_ce_dtype_of(logits)};
+               grad_targets ? gq.data_ptr() : nullptr, N, V, soft_ce_dtype_of(logits), grad_scale};
   SoftCeRowsFn fn = ADK_PICK_ISA_KERNEL(soft_ce_rows);
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(V, 1));
   at::parallel_for(0, N, grain, [&](int64_t b, int64_t e) { fn(a, b, e); });

@@ -5,7 +5,8 @@
 // soft_ce_fwd, per row (logits and targets read from memory once; row buffers in cache):
 //   A  load (bf16/fp16 converted once into fp32), max m of z
 //   B  e = exp(z - m) stored and summed; Q = sum q, sum q z (0 where q = 0)
-//   C  loss Q lse - sum q z; gradients e Q / S - q and lse - z, written in the input dtype
+//   C  loss Q lse - sum q z; gradients e Q / S - q and lse - z times grad_scale, written in the
+//      input dtype
 // ada_lab_targets, per row:
 //   A  max of z_adv (and of z_adv without column y), sum exp(z_adv - max); max of z_aa
 //   B  exp((z_aa - max) / T) stored and summed
@@ -48,6 +49,7 @@ void soft_ce_rows_impl(const SoftCeArgs& a, int64_t begin, int64_t end) {
   using Vec = Vectorized<acc_t>;
   constexpr bool kConvert = !std::is_same_v<scalar_t, acc_t>;
   const int64_t V = a.V;
+  const acc_t gscale = static_cast<acc_t>(a.grad_scale);
   std::unique_ptr<acc_t[]> buffer(new acc_t[V * (kConvert ? 5 : 1)]);
   acc_t* e = buffer.get();
   acc_t* z_buf = kConvert ? e + V : nullptr;
@@ -83,12 +85,15 @@ void soft_ce_rows_impl(const SoftCeArgs& a, int64_t begin, int64_t end) {
     if (gz_out) {
       acc_t* gz = kConvert ? gz_buf : reinterpret_cast<acc_t*>(gz_out);
       const acc_t invS = acc_t(1) / S;
-      at::vec::map2([invS, Q](Vec ee, Vec qq) { return soft_ce_grad_logit(ee * Vec(invS), Vec(Q), qq); }, gz, e, q, V);
+      at::vec::map2([invS, Q, gscale](Vec ee, Vec qq) {
+        return Vec(gscale) * soft_ce_grad_logit(ee * Vec(invS), Vec(Q), qq);
+      }, gz, e, q, V);
       if constexpr (kConvert) at::vec::convert(gz, gz_out, V);
     }
     if (gq_out) {
       acc_t* gq = kConvert ? gq_buf : reinterpret_cast<acc_t*>(gq_out);
-      at::vec::map2([lse](Vec qq, Vec zz) { return soft_ce_grad_target(qq, zz, Vec(lse)); }, gq, q, z, V);
+      at::vec::map2([lse, gscale](Vec qq, Vec zz) { return Vec(gscale) * soft_ce_grad_target(qq, zz, Vec(lse)); },
+                    gq, q, z, V);
       if constexpr (kConvert) at::vec::convert(gq, gq_out, V);
     }
   }

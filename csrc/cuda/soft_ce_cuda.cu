@@ -41,7 +41,7 @@ struct MergeOp {
 template <typename scalar_t, typename acc_t, int THREADS>
 __global__ void soft_ce_kernel(const scalar_t* __restrict__ logits, const scalar_t* __restrict__ targets,
                                acc_t* __restrict__ loss, scalar_t* __restrict__ grad_logits,
-                               scalar_t* __restrict__ grad_targets, int64_t V) {
+                               scalar_t* __restrict__ grad_targets, int64_t V, acc_t gscale) {
   const int64_t row = blockIdx.x, tid = threadIdx.x;
   const scalar_t* z = logits + row * V;
   const scalar_t* q = targets + row * V;
@@ -61,8 +61,9 @@ __global__ void soft_ce_kernel(const scalar_t* __restrict__ logits, const scalar
   if (grad_logits || grad_targets) {
     for (int64_t j = tid; j < V; j += THREADS) {
       const acc_t x = static_cast<acc_t>(z[j]), w = static_cast<acc_t>(q[j]);
-      if (grad_logits) grad_logits[row * V + j] = static_cast<scalar_t>(soft_ce_grad_logit(ad_exp(x - lse), qsum, w));
-      if (grad_targets) grad_targets[row * V + j] = static_cast<scalar_t>(soft_ce_grad_target(w, x, lse));
+      if (grad_logits)
+        grad_logits[row * V + j] = static_cast<scalar_t>(gscale * soft_ce_grad_logit(ad_exp(x - lse), qsum, w));
+      if (grad_targets) grad_targets[row * V + j] = static_cast<scalar_t>(gscale * soft_ce_grad_target(w, x, lse));
     }
   }
 }
@@ -110,7 +111,8 @@ __global__ void ada_lab_kernel(const scalar_t* __restrict__ logits_adv, const sc
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_ce_fwd_cuda(const at::Tensor& logits, const at::Tensor& targets,
-                                                                bool grad_logits, bool grad_targets) {
+                                                                bool grad_logits, bool grad_targets,
+                                                                double grad_scale) {
   TORCH_CHECK(logits.is_cuda(), "soft_ce_fwd: expected CUDA tensors, got ", logits.device());
   const c10::cuda::CUDAGuard guard(logits.device());
   auto [loss, gz, gq] = soft_ce_fwd_prepare(logits, targets, grad_logits, grad_targets);
@@ -125,10 +127,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_ce_fwd_cuda(const at::Tensor
     auto* lp = loss.mutable_data_ptr<acc_t>();
     auto* gzp = grad_logits ? gz.mutable_data_ptr<scalar_t>() : nullptr;
     auto* gqp = grad_targets ? gq.mutable_data_ptr<scalar_t>() : nullptr;
+    const acc_t gs = static_cast<acc_t>(grad_scale);
     if (V >= 8192) {
-      soft_ce_kernel<scalar_t, acc_t, 512><<<static_cast<unsigned>(N), 512, 0, stream>>>(zp, qp, lp, gzp, gqp, V);
+      soft_ce_kernel<scalar_t, acc_t, 512><<<static_cast<unsigned>(N), 512, 0, stream>>>(zp, qp, lp, gzp, gqp, V, gs);
     } else {
-      soft_ce_kernel<scalar_t, acc_t, 128><<<static_cast<unsigned>(N), 128, 0, stream>>>(zp, qp, lp, gzp, gqp, V);
+      soft_ce_kernel<scalar_t, acc_t, 128><<<static_cast<unsigned>(N), 128, 0, stream>>>(zp, qp, lp, gzp, gqp, V, gs);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
