@@ -94,15 +94,28 @@ struct GumbelImpl {
     alignas(64) acc_t ub[kChunk + 8], xb[kConvert ? kChunk : 1];
     const acc_t inf = std::numeric_limits<acc_t>::infinity();
     const Vec vinv(static_cast<acc_t>(1.0 / a.tau));
+    // Short rows (V <= kChunk / 2) are taken in groups of kChunk / V rows: one Philox sweep and
+    // one conversion per group instead of per row.
+    const bool grouped = V <= kChunk / 2;
+    const int64_t G = grouped ? kChunk / V : 1;
+    int64_t g0 = -1;
+    const acc_t* ug = nullptr;
+    const acc_t* xg = nullptr;
     for (int64_t n = begin; n < end; ++n) {
       for (int64_t j = V; j < Vp; ++j) zrow[j] = -inf;  // padding: exp gives 0 there
       const scalar_t* x = static_cast<const scalar_t*>(a.x) + n * V;
+      if (grouped && (g0 < 0 || n >= g0 + G)) {
+        g0 = n;
+        const int64_t len = std::min(end - n, G) * V;
+        ug = uniforms(a.seed, a.offset, n * V, len, ub);
+        xg = load(x, len, xb);
+      }
       acc_t* z = zrow.data();
       Vec vmax(-inf);
       for (int64_t c = 0; c < V; c += kChunk) {
         const int64_t len = std::min(kChunk, V - c);
-        const acc_t* u = uniforms(a.seed, a.offset, n * V + c, len, ub);
-        const acc_t* xv = load(x + c, len, xb);
+        const acc_t* u = grouped ? ug + (n - g0) * V : uniforms(a.seed, a.offset, n * V + c, len, ub);
+        const acc_t* xv = grouped ? xg + (n - g0) * V : load(x + c, len, xb);
         for (int64_t j = 0; j < len; j += W) {
           const int64_t m = std::min(W, len - j);
           const Vec g = gumbel_of_uniform(Vec::loadu(u + j, m));  // -inf in lanes past len
