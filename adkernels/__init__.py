@@ -36,6 +36,7 @@ from .ops.kd import (  # noqa: E402
 )
 from .ops.attacks import pgd_step, pgd_step_, sign_step, sign_step_  # noqa: E402
 from .ops.topk_kd import TopkKDLoss, fused_linear_topk_kd_loss, topk_kd_loss  # noqa: E402
+from .ops.soft_ce import SoftTargetCrossEntropy, ada_lab_targets, soft_target_cross_entropy  # noqa: E402
 from .ops.attacks import random_start, random_start_  # noqa: E402
 from .ops.gumbel import gumbel_softmax, temperature_schedule  # noqa: E402
 from .ops.adversarial import (  # noqa: E402
@@ -63,6 +64,9 @@ __all__ = [
     "topk_kd_loss",
     "TopkKDLoss",
     "fused_linear_topk_kd_loss",
+    "soft_target_cross_entropy",
+    "SoftTargetCrossEntropy",
+    "ada_lab_targets",
     "random_start",
     "random_start_",
     "gumbel_softmax",
