@@ -6,7 +6,7 @@ for the three methods; KD and ADIM first pretrain a LeNet teacher (and ADIM the 
 CE. Prints a table, writes ``results.json``, ``results.md`` and ``compare.png`` (student test
 accuracy against epoch) plus each run's ``curves.png`` under ``--out``.
 
-    python experiments/run_main.py            # about 2-4 minutes on 2 idle cores
+    python experiments/run_main.py            # a few minutes on 2 idle cores (18 min at load 8-13)
     python experiments/run_main.py --epochs 60 --adim-epochs 20 --n-test 4900   # longer
 """
 import argparse
@@ -29,9 +29,9 @@ def main(argv=None):
     p.add_argument("--n-train", type=int, default=100)
     p.add_argument("--n-test", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=30, help="CE and KD student epochs")
-    p.add_argument("--pretrain-epochs", type=int, default=20, help="teacher (and ADIM student) CE epochs")
-    p.add_argument("--adim-epochs", type=int, default=6, help="ADIM rounds (Algorithm 1 outer epochs)")
+    p.add_argument("--epochs", type=int, default=20, help="CE and KD student epochs")
+    p.add_argument("--pretrain-epochs", type=int, default=10, help="teacher (and ADIM student) CE epochs")
+    p.add_argument("--adim-epochs", type=int, default=4, help="ADIM rounds (Algorithm 1 outer epochs)")
     p.add_argument("--passes", default="2,1,1", help="ADIM discriminator,teacher,student passes per round")
     p.add_argument("--progress", action="store_true")
     a = p.parse_args(argv)
