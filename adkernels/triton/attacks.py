@@ -258,7 +258,7 @@ def _random_l2_kernel(x_ptr, out_ptr, eps_ptr, so_ptr, lo_ptr, hi_ptr, D, B, inn
     ss = tl.sum(vss, axis=0)
     r0, _r1, _r2, _r3 = tl.randint4x(seed, offset + 4611686018427387904 + n + cols * 0)
     u_r = tl.max(tl.where(cols == 0, philox_uniform(r0).to(ACC), 0.0), axis=0)
-    root = tl.exp(tl.log(u_r) / D.to(ACC))
+    root = tl.exp(tl.log(u_r) / (D + 0.0))  # D may arrive as a constexpr (D == 1)
     eps = tl.load(eps_ptr + n).to(ACC)
     scale = tl.where(ss > 0, eps * root / tl.sqrt(tl.where(ss > 0, ss, 1.0)), 0.0)
     for start in range(0, D, BLOCK):
