@@ -35,10 +35,10 @@ from .ops.kd import (  # noqa: E402
     vocab_parallel_kd_loss,
 )
 from .ops.attacks import pgd_step, pgd_step_, sign_step, sign_step_  # noqa: E402
-from .ops.topk_kd import TopkKDLoss, fused_linear_topk_kd_loss, topk_kd_loss  # noqa: E402
-from .ops.soft_ce import SoftTargetCrossEntropy, ada_lab_targets, soft_target_cross_entropy  # noqa: E402
 from .ops.attacks import random_start, random_start_  # noqa: E402
 from .ops.gumbel import gumbel_softmax, temperature_schedule  # noqa: E402
+from .ops.topk_kd import TopkKDLoss, fused_linear_topk_kd_loss, topk_kd_loss  # noqa: E402
+from .ops.soft_ce import SoftTargetCrossEntropy, ada_lab_targets, soft_target_cross_entropy  # noqa: E402
 from .ops.adversarial import (  # noqa: E402
     REAL,
     STUDENT,
@@ -61,16 +61,16 @@ __all__ = [
     "sign_step_",
     "pgd_step",
     "pgd_step_",
+    "random_start",
+    "random_start_",
+    "gumbel_softmax",
+    "temperature_schedule",
     "topk_kd_loss",
     "TopkKDLoss",
     "fused_linear_topk_kd_loss",
     "soft_target_cross_entropy",
     "SoftTargetCrossEntropy",
     "ada_lab_targets",
-    "random_start",
-    "random_start_",
-    "gumbel_softmax",
-    "temperature_schedule",
     "REAL",
     "STUDENT",
     "TEACHER",
