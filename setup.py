@@ -40,41 +40,39 @@ def isa_of(src):
 
 
 class Build(BuildExtension):
-    """BuildExtension with per-source ISA flags and parallel compilation of the CPU sources."""
+    """BuildExtension that compiles an extension's sources in parallel (MAX_JOBS, default the CPU
+    count), adds per-ISA flags to the CPU kernel wrappers, and skips up-to-date objects."""
 
     def build_extension(self, ext):
-        if ext.name.endswith("_C"):
-            wrapped = self.compiler._compile
+        wrapped = self.compiler._compile
+        original_compile = self.compiler.compile
 
-            def compile_one(obj, src, ext_, cc_args, extra_postargs, pp_opts):
-                isa = ISA_FLAGS.get(isa_of(src), [])
-                if isinstance(extra_postargs, dict):
-                    flags = dict(extra_postargs, cxx=list(extra_postargs.get("cxx", [])) + isa)
-                else:
-                    flags = list(extra_postargs) + isa
-                wrapped(obj, src, ext_, cc_args, flags, pp_opts)
+        def compile_one(obj, src, ext_, cc_args, extra_postargs, pp_opts):
+            isa = ISA_FLAGS.get(isa_of(src), [])
+            if isinstance(extra_postargs, dict):
+                flags = dict(extra_postargs, cxx=list(extra_postargs.get("cxx", [])) + isa)
+            else:
+                flags = list(extra_postargs) + isa
+            wrapped(obj, src, ext_, cc_args, flags, pp_opts)
 
-            self.compiler._compile = compile_one
-            original_compile = self.compiler.compile
+        def parallel_compile(sources, output_dir=None, macros=None, include_dirs=None,
+                             debug=0, extra_preargs=None, extra_postargs=None, depends=None):
+            macros, objects, extra, pp_opts, build = self.compiler._setup_compile(
+                output_dir, macros, include_dirs, sources, depends, extra_postargs)
+            cc_args = self.compiler._get_cc_args(pp_opts, debug, extra_preargs)
+            jobs = [(obj, *build[obj]) for obj in objects if obj in build and stale(obj, build[obj][0])]
+            workers = int(os.environ.get("MAX_JOBS") or os.cpu_count() or 1)
+            with ThreadPoolExecutor(max(1, workers)) as pool:
+                list(pool.map(lambda j: compile_one(j[0], j[1], j[2], cc_args, extra, pp_opts), jobs))
+            return objects
 
-            def parallel_compile(sources, output_dir=None, macros=None, include_dirs=None,
-                                 debug=0, extra_preargs=None, extra_postargs=None, depends=None):
-                macros, objects, extra, pp_opts, build = self.compiler._setup_compile(
-                    output_dir, macros, include_dirs, sources, depends, extra_postargs)
-                cc_args = self.compiler._get_cc_args(pp_opts, debug, extra_preargs)
-                jobs = [(obj, *build[obj]) for obj in objects if obj in build and stale(obj, build[obj][0])]
-                with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
-                    list(pool.map(lambda j: compile_one(j[0], j[1], j[2], cc_args, extra, pp_opts), jobs))
-                return objects
-
-            self.compiler.compile = parallel_compile
-            try:
-                super().build_extension(ext)
-            finally:
-                self.compiler._compile = wrapped
-                self.compiler.compile = original_compile
-        else:
+        self.compiler._compile = compile_one
+        self.compiler.compile = parallel_compile
+        try:
             super().build_extension(ext)
+        finally:
+            self.compiler._compile = wrapped
+            self.compiler.compile = original_compile
 
 
 def stale(obj, src):
@@ -108,7 +106,8 @@ def isa_sources():
 
 # Any change to a header or kernel source relinks the extension (the ISA wrappers only #include);
 # stale() decides which objects are recompiled.
-HEADERS = sorted(glob.glob(os.path.join(ROOT, "csrc", "**", "*.h"), recursive=True))
+HEADERS = sorted(glob.glob(os.path.join(ROOT, "csrc", "**", "*.h"), recursive=True)
+                 + glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cuh")))
 DEPENDS = sorted(glob.glob("csrc/**/*.h", recursive=True) + glob.glob("csrc/cpu/*.cpp"))
 
 
