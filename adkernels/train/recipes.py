@@ -193,7 +193,23 @@ class Adversarial(WithTeacher):
         else:
             loss = self.ops["binary_adversarial_loss"](scores[:n, 0], scores[n:, 0], kind="bce",
                                                        side="discriminator")
-        return loss, "disc", {"d_real": torch.sigmoid(scores[:n, 0]).mean().detach()} if not self.three_way else {}
+        return loss, "disc", self.disc_metrics(scores.detach(), n)
+
+    def disc_metrics(self, scores, n):
+        """D's accuracy per source on this batch (rows: real, student[, teacher]; n each):
+        argmax of the source logits (softmax) or the real-vs-fake decision (binary)."""
+        names = ["real", "student"] + (["teacher"] if self.has_teacher else [])
+        if self.three_way and self.cfg.parameterization == "softmax":
+            pred = scores.argmax(1)
+        elif self.three_way:  # binary_tree: a = real-vs-fake, b = student-vs-teacher
+            pred = torch.where(scores[:, 0] > 0, 0, torch.where(scores[:, 1] > 0, 1, 2))
+        else:
+            pred = torch.where(scores[:, 0] > 0, 0, 1)
+        out = {} if self.three_way else {"d_real": torch.sigmoid(scores[:n, 0]).mean()}
+        for i, name in enumerate(names):
+            want = i if self.three_way else min(i, 1)
+            out[f"d_acc_{name}"] = (pred[i * n:(i + 1) * n] == want).float().mean()
+        return out
 
     def use_fused(self):
         c = self.cfg
