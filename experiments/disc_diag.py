@@ -6,12 +6,19 @@ label vectors after every pass.
     python experiments/disc_diag.py adim 20 12 tau_start=10.0 tau_end=10.0
     (method, pretraining epochs, D passes, then config KEY=VALUE pairs)
 """
-import os, sys, time, torch, torch.nn.functional as F
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from adkernels import train as T
-from adkernels.train.recipes import RECIPE_CLASSES
-from adkernels.train.loop import Dist, Context, accuracy
 from adkernels.train.data import load_split
+from adkernels.train.loop import Context, Dist, accuracy
+from adkernels.train.recipes import RECIPE_CLASSES
+
 torch.set_num_threads(1)
 method = sys.argv[1]; pre = int(sys.argv[2]); dpasses = int(sys.argv[3])
 extra = dict(kv.split("=", 1) for kv in sys.argv[4:])
@@ -26,7 +33,7 @@ def run_pass(phase):
     perm = torch.randperm(100)
     for i in range(0, 100, 10):
         idx = perm[i:i+10]; x, y = data.x_train[idx], data.y_train[idx]
-        loss, on, m = r.step(phase, x, y, ctx)
+        loss, on, _ = r.step(phase, x, y, ctx)
         opt = r.optimizers[on]; opt.zero_grad(); loss.backward()
         if phase == "disc":
             gn = sum(p.grad.norm()**2 for p in r.disc.parameters() if p.grad is not None) ** .5

@@ -401,7 +401,7 @@ def test_discriminator_separates_one_hot_from_hot_gumbel_samples(recipe, tmp_pat
         opt.step()
         losses.append(float(loss.detach()))
     names = ["real", "student"] + (["teacher"] if recipe != "ngan" else [])
-    assert set(f"d_acc_{s}" for s in names) <= set(metrics)
+    assert {f"d_acc_{s}" for s in names} <= set(metrics)
     assert float(metrics["d_acc_real"]) == 1.0
     if recipe == "adim":  # real is separated; student vs teacher (both near uniform) stays a coin flip
         assert losses[0] > 3.0 and losses[-1] < 2 * math.log(2) + 0.3
