@@ -182,7 +182,8 @@ def test_recipe_end_to_end_tiny(tmp_path):
     summary = res["summary"]
     assert set(summary) == {"teacher", "scratch", "distill"}
     for name, r in summary.items():
-        assert 1.0 < r["val_ppl"] < VOCAB_SIZE * 2, (name, r)
+        # better than a uniform guess over the vocabulary (measured: teacher 187, students 226)
+        assert 1.0 < r["val_ppl"] < VOCAB_SIZE, (name, r)
     assert len(res["distill"]["curve"]) == 4
     assert json.load(open(tmp_path / "summary.json"))["distill"]["val_ppl"] == summary["distill"]["val_ppl"]
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
