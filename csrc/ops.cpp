@@ -100,6 +100,24 @@ TORCH_LIBRARY(adkernels, m) {
   m.def(
       "adv_binary_fwd(Tensor? real, Tensor fake, int kind, int side, float real_label, float real_scale, "
       "float fake_scale, bool per_element, bool grad_real, bool grad_fake) -> (Tensor, Tensor, Tensor)");
+  // adv_distill_fwd: the fused ADIM generator step (adversarial_math.h, adv_distill_*), one row n
+  // at a time over its C labels. gen, other [N, C]; d [N, C, K] (K = 3 softmax, 2 binary tree);
+  // one float dtype, contiguous; source [N] int64 in {1, 2} (CPU raises on others, GPU gives NaN
+  // rows); tau, seed_offset as gumbel_softmax_fwd (noise of (n, c): stream index n * C + c).
+  //   y = softmax((gen + g) / tau) (hard: y_fwd = one-hot of the first argmax, y_soft for the
+  //   gradient), s_k = sum_c y_fwd_c d[n, c, k], l_adv = adv_source_row(parameterization, mode in
+  //   {1 minimax, 2 nonsat}, s, source) scaled by c_src (w_src / max(1, count_src) when
+  //   per_source_mean), a = d l_adv / d s;
+  //   KD: kd_scale = kd_weight / N, l_kd = kd_scale T^2 D(softmax(other / T), softmax(gen / T))
+  //   (divergence 0 kl, 1 reverse_kl, 2 jsd with beta 0.5); skipped when kd_weight == 0.
+  // Returns (rows [N] fp32 (fp64 for fp64) = l_adv + l_kd; grad_gen [N, C] = y_soft (b - sum(y_soft
+  // b)) / tau + kd_scale T ds with b_c = sum_k a_k d[n, c, k]; grad_other [N, C] = kd_scale T dt;
+  // grad_d [N, C, K] = y_fwd_c a_k), each gradient in the input dtype or empty when not asked.
+  m.def(
+      "adv_distill_fwd(Tensor gen, Tensor other, Tensor d, Tensor source, Tensor tau, Tensor seed_offset, "
+      "bool hard, float w_real, float w_student, float w_teacher, int parameterization, int mode, "
+      "bool per_source_mean, float kd_weight, float temperature, int divergence, bool grad_gen, "
+      "bool grad_other, bool grad_d) -> (Tensor, Tensor, Tensor, Tensor)");
   // The instruction set the CPU kernels run with (DEFAULT, AVX2, AVX512); ADKERNELS_CPU_ISA
   // lowers it (for tests and comparisons).
   m.def("cpu_isa() -> str", &adkernels::cpu::cpu_isa);

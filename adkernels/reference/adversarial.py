@@ -105,3 +105,31 @@ def binary_adversarial_loss(real_scores, fake_scores, *, kind="bce", side="discr
     if rt is not None:
         out = red(rt) + out
     return out
+
+
+def adversarial_distillation_loss(gen_logits, other_logits, d_label_logits, source, seed_offset, *, tau,
+                                  hard=False, weights=(1.0, 1.0, 1.0), kd_weight=1.0, temperature=1.0,
+                                  mode="minimax", parameterization="softmax", reduction="mean",
+                                  divergence="kl"):
+    """Reference ADIM generator step: the composition of the reference ops with the noise of the
+    stream ``seed_offset`` (element ``(n, c)`` is index ``n * C + c``)::
+
+        y = gumbel_softmax(gen_logits, seed_offset, tau, hard)
+        L = generator_loss(label_conditioned_scores(d_label_logits, y), source, ...)
+            + kd_weight * kd_loss(gen_logits, other_logits, temperature, divergence)   (batchmean)
+
+    Computed in float32 (float64 for float64 inputs); with ``reduction="none"`` the KD term (a
+    batch mean) is added to every row, as the composition broadcasts it.
+    """
+    from .gumbel import gumbel_softmax
+    from .kd import kd_loss
+
+    cdt = _cdt(gen_logits)
+    y = gumbel_softmax(gen_logits.to(cdt), seed_offset, tau, hard, -1)
+    scores = label_conditioned_scores(d_label_logits.to(cdt), y)
+    out = generator_loss(scores, source, mode=mode, weights=weights, parameterization=parameterization,
+                         reduction=reduction)
+    if kd_weight:
+        out = out + kd_weight * kd_loss(gen_logits.to(cdt), other_logits.to(cdt), temperature=temperature,
+                                        divergence=divergence)
+    return out

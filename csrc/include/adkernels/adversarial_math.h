@@ -184,5 +184,27 @@ C10_HOST_DEVICE inline void adv_binary_term(int64_t kind, int64_t role, V x, V y
   }
 }
 
+// ---- the fused ADIM generator step (adv_distill_fwd, csrc/ops.cpp) -------------------------
+// Per row: y = Gumbel-Softmax sample of the generator's logits x (y_fwd: the sample D scores,
+// the one-hot for hard; y_soft: the soft sample), scores s_k = sum_c y_fwd_c d_ck, the row's
+// generator loss l(s) with a_k = dl/ds_k (adv_source_row). Chain rule over the label dimension:
+//   dl/dd_ck = y_fwd_c a_k
+//   dl/dy_c  = b_c = sum_k a_k d_ck
+//   dl/dx_c  = y_soft_c (b_c - sum_j y_soft_j b_j) / tau      (Gumbel-Softmax backward)
+// plus the KD term's gradient kd_scale * T * ds_c (kd_math.h) on x and kd_scale * T * dt_c on
+// the other model's logits.
+
+// b_c of one label from its K (2 or 3; d2 = 0 for K = 2) discriminator logits.
+template <typename V>
+C10_HOST_DEVICE inline V adv_distill_b(V a0, V a1, V a2, V d0, V d1, V d2) {
+  return a0 * d0 + a1 * d1 + a2 * d2;
+}
+
+// dl/dx_c: the Gumbel-Softmax backward of b plus the KD gradient kd_g.
+template <typename V>
+C10_HOST_DEVICE inline V adv_distill_grad_gen(V y_soft, V b, V sb, V inv_tau, V kd_g) {
+  return y_soft * (b - sb) * inv_tau + kd_g;
+}
+
 }  // namespace ADK_ISA
 }  // namespace adkernels
