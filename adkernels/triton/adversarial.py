@@ -19,6 +19,8 @@ from torch import Tensor
 
 from .._backend import triton_interpret
 from ..ops.adversarial import CHUNK, adv_binary_fwd_fake, adv_source_fwd_fake, binary_size
+from .gumbel import gumbel_noise
+from .kd import _prob_and_log
 
 ROWS_BLOCK = 1024
 ELEM_BLOCK = 1024
@@ -51,34 +53,11 @@ def _count_kernel(src_ptr, counts_ptr, N, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _source_kernel(
-    z_ptr, src_ptr, counts_ptr, rows_ptr, g_ptr, N,
-    w0: tl.float64, w1: tl.float64, w2: tl.float64,
-    K: tl.constexpr, MODE: tl.constexpr, MEAN: tl.constexpr, WRITE_G: tl.constexpr,
-    ACC: tl.constexpr, BLOCK: tl.constexpr,
-):
-    pid = tl.program_id(0).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    s = tl.load(src_ptr + offs, mask=mask, other=1)
-    c0 = tl.full([], w0, ACC)
-    c1 = tl.full([], w1, ACC)
-    c2 = tl.full([], w2, ACC)
-    if MEAN:
-        c0 = c0 / tl.maximum(tl.load(counts_ptr + 0), 1).to(ACC)
-        c1 = c1 / tl.maximum(tl.load(counts_ptr + 1), 1).to(ACC)
-        c2 = c2 / tl.maximum(tl.load(counts_ptr + 2), 1).to(ACC)
-    m0 = (s == 0).to(ACC)
-    m1 = (s == 1).to(ACC)
-    m2 = (s == 2).to(ACC)
-    c = tl.where(s == 0, c0, tl.where(s == 1, c1, c2))
-    bad = (s < 0) | (s > 2)
-    if MODE != 0:
-        bad = bad | (s == 0)  # generator rows are STUDENT or TEACHER
-    z0 = tl.load(z_ptr + offs * K + 0, mask=mask, other=0.0).to(ACC)
-    z1 = tl.load(z_ptr + offs * K + 1, mask=mask, other=0.0).to(ACC)
+def _source_row(z0, z1, z2, m0, m1, m2, c, K: tl.constexpr, MODE: tl.constexpr):
+    """adv_source_row (adversarial_math.h), elementwise: the scaled loss and gradient (g0, g1, g2)
+    of rows with logits (z0, z1[, z2]) (K = 3 softmax, 2 binary tree; g2 = 0 for K = 2), one-hot
+    source indicator (m0, m1, m2) and scale c."""
     if K == 3:
-        z2 = tl.load(z_ptr + offs * K + 2, mask=mask, other=0.0).to(ACC)
         mx = tl.maximum(tl.maximum(z0, z1), z2)
         e0 = tl.exp(z0 - mx)
         e1 = tl.exp(z1 - mx)
@@ -122,24 +101,61 @@ def _source_kernel(
             sgn = -1.0
         else:
             sgn = 1.0
-        own = tl.where(s == 0, L0, tl.where(s == 1, L1, L2))
+        own = tl.where(m0 != 0, L0, 0.0) + tl.where(m1 != 0, L1, 0.0) + tl.where(m2 != 0, L2, 0.0)
         loss = c * sgn * own
         u0 = sgn * m0
         u1 = sgn * m1
         u2 = sgn * m2
+    if K == 3:
+        su = u0 + u1 + u2
+        g0 = c * (u0 - p0 * su)
+        g1 = c * (u1 - p1 * su)
+        g2 = c * (u2 - p2 * su)
+    else:
+        g0 = c * (u0 * sna - (u1 + u2) * sa)
+        g1 = c * (u1 * snb - u2 * sb)
+        g2 = tl.zeros_like(g0)
+    return loss, g0, g1, g2
+
+
+@triton.jit
+def _source_kernel(
+    z_ptr, src_ptr, counts_ptr, rows_ptr, g_ptr, N,
+    w0: tl.float64, w1: tl.float64, w2: tl.float64,
+    K: tl.constexpr, MODE: tl.constexpr, MEAN: tl.constexpr, WRITE_G: tl.constexpr,
+    ACC: tl.constexpr, BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    s = tl.load(src_ptr + offs, mask=mask, other=1)
+    c0 = tl.full([], w0, ACC)
+    c1 = tl.full([], w1, ACC)
+    c2 = tl.full([], w2, ACC)
+    if MEAN:
+        c0 = c0 / tl.maximum(tl.load(counts_ptr + 0), 1).to(ACC)
+        c1 = c1 / tl.maximum(tl.load(counts_ptr + 1), 1).to(ACC)
+        c2 = c2 / tl.maximum(tl.load(counts_ptr + 2), 1).to(ACC)
+    m0 = (s == 0).to(ACC)
+    m1 = (s == 1).to(ACC)
+    m2 = (s == 2).to(ACC)
+    c = tl.where(s == 0, c0, tl.where(s == 1, c1, c2))
+    bad = (s < 0) | (s > 2)
+    if MODE != 0:
+        bad = bad | (s == 0)  # generator rows are STUDENT or TEACHER
+    z0 = tl.load(z_ptr + offs * K + 0, mask=mask, other=0.0).to(ACC)
+    z1 = tl.load(z_ptr + offs * K + 1, mask=mask, other=0.0).to(ACC)
+    if K == 3:
+        z2 = tl.load(z_ptr + offs * K + 2, mask=mask, other=0.0).to(ACC)
+    else:
+        z2 = tl.zeros_like(z0)
+    loss, g0, g1, g2 = _source_row(z0, z1, z2, m0, m1, m2, c, K, MODE)
     loss = tl.where(bad, float("nan"), loss)
     tl.store(rows_ptr + offs, loss.to(rows_ptr.dtype.element_ty), mask=mask)
     if WRITE_G:
         if K == 3:
-            su = u0 + u1 + u2
-            g0 = c * (u0 - p0 * su)
-            g1 = c * (u1 - p1 * su)
-            g2 = c * (u2 - p2 * su)
             g2 = tl.where(bad, float("nan"), g2)
             tl.store(g_ptr + offs * K + 2, g2.to(g_ptr.dtype.element_ty), mask=mask)
-        else:
-            g0 = c * (u0 * sna - (u1 + u2) * sa)
-            g1 = c * (u1 * snb - u2 * sb)
         g0 = tl.where(bad, float("nan"), g0)
         g1 = tl.where(bad, float("nan"), g1)
         tl.store(g_ptr + offs * K + 0, g0.to(g_ptr.dtype.element_ty), mask=mask)
@@ -348,3 +364,318 @@ def adv_binary_fwd_triton(
 
 
 adv_binary_fwd_triton.register_fake(adv_binary_fwd_fake)
+
+
+# ---- adv_distill_fwd: the fused ADIM generator step ----------------------------------------------
+# One program per row, the C labels walked in blocks of DISTILL_BLOCK (tests lower it); the
+# Gumbel noise is regenerated in every pass (gumbel_noise of triton/gumbel.py: the same stream
+# as gumbel_softmax, element (n, c) at index n * C + c), never stored:
+#   1  online max / sum of exp of z = (x + g) / tau and its first argmax (hard); with KD the
+#      online max / sum of exp of x / T and other / T
+#   2  the scores s_k = sum_c y_fwd_c d[n, c, k] (hard: d[n, argmax, k]) and the divergence's
+#      two sums; then the row's loss and a = dl/ds (_source_row, scaled by c_src)
+#   3  sb = sum_c y_soft_c b_c, b_c = sum_k a_k d[n, c, k]   (only for grad_gen)
+#   4  the gradients (adversarial_math.h adv_distill_*, kd_math.h kd_div_grads)
+DISTILL_BLOCK = 1024
+
+
+@triton.jit
+def _kd_div_terms(ps, pt, lps, lpt, DIV: tl.constexpr):
+    """kd_div_terms (kd_math.h, beta = 0.5): one block's contributions to (acc_t, acc_s)."""
+    if DIV == 0:
+        vt = tl.where(pt > 0, pt * (lpt - lps), 0.0)
+        vs = tl.zeros_like(vt)
+    elif DIV == 1:
+        vs = tl.where(ps > 0, ps * (lps - lpt), 0.0)
+        vt = tl.zeros_like(vs)
+    else:
+        mix = 0.5 * pt + 0.5 * ps
+        lm = tl.log(mix)
+        vt = tl.where((mix > 0) & (pt > 0), pt * (lpt - lm), 0.0)
+        vs = tl.where((mix > 0) & (ps > 0), ps * (lps - lm), 0.0)
+    return tl.sum(vt, axis=0), tl.sum(vs, axis=0)
+
+
+@triton.jit
+def _kd_div_grads(ps, pt, lps, lpt, acc_t, acc_s, DIV: tl.constexpr):
+    """kd_div_grads (kd_math.h, beta = 0.5): dD/ds, dD/dt of the scaled logits."""
+    if DIV == 0:
+        ds = ps - pt
+        dt = tl.where(pt > 0, pt * ((lpt - lps) - acc_t), 0.0)
+    elif DIV == 1:
+        ds = tl.where(ps > 0, ps * ((lps - lpt) - acc_s), 0.0)
+        dt = pt - ps
+    else:
+        mix = 0.5 * pt + 0.5 * ps
+        lm = tl.log(mix)
+        ds = 0.5 * tl.where(ps > 0, ps * (tl.where(mix > 0, lps - lm, 0.0) - acc_s), 0.0)
+        dt = 0.5 * tl.where(pt > 0, pt * (tl.where(mix > 0, lpt - lm, 0.0) - acc_t), 0.0)
+    return ds, dt
+
+
+@triton.jit
+def _distill_kernel(
+    x_ptr, o_ptr, d_ptr, src_ptr, counts_ptr, tau_ptr, so_ptr, rows_ptr, gx_ptr, go_ptr, gd_ptr, C,
+    w0: tl.float64, w1: tl.float64, w2: tl.float64, kd_scale: tl.float64, temperature: tl.float64,
+    K: tl.constexpr, MODE: tl.constexpr, MEAN: tl.constexpr, HARD: tl.constexpr, KD: tl.constexpr,
+    DIV: tl.constexpr, WRITE_GX: tl.constexpr, WRITE_GO: tl.constexpr, WRITE_GD: tl.constexpr,
+    ACC: tl.constexpr, BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    seed = tl.load(so_ptr)
+    offset = tl.load(so_ptr + 1)
+    inv = 1.0 / tl.load(tau_ptr).to(ACC)
+    cols = tl.arange(0, BLOCK).to(tl.int64)
+    base = row * C
+    T = tl.full([], temperature, ACC)
+    invT = 1.0 / T
+
+    # ---- 1: online (max, sum exp) of z (per lane), first argmax; KD normalizers -------------
+    m = tl.full([BLOCK], float("-inf"), ACC)
+    s = tl.zeros([BLOCK], ACC)
+    best = tl.max(m, axis=0)
+    best_idx = base * 0
+    ms = tl.full([], float("-inf"), ACC)  # max of x (x / T has its max at the same place)
+    ss = tl.zeros([], ACC)                # sum exp((x - ms) / T)
+    mt = tl.full([], float("-inf"), ACC)
+    st = tl.zeros([], ACC)
+    for start in range(0, C, BLOCK):
+        j = start + cols
+        mask = j < C
+        x = tl.load(x_ptr + base + j, mask=mask, other=0.0).to(ACC)
+        z = (x + gumbel_noise(seed, offset, base + j, ACC)) * inv
+        z = tl.where(mask, z, float("-inf"))
+        m_new = tl.maximum(m, z)
+        safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        s = s * tl.exp(m - safe) + tl.exp(z - safe)
+        m = m_new
+        if HARD:
+            bm = tl.max(z, axis=0)
+            bi = tl.min(tl.where(z == bm, j, C), axis=0)
+            take = bm > best
+            best_idx = tl.where(take, bi, best_idx)
+            best = tl.where(take, bm, best)
+        if KD:
+            xs = tl.where(mask, x, float("-inf"))
+            ms_new = tl.maximum(ms, tl.max(xs, axis=0))
+            ms_ref = tl.where(ms_new == float("-inf"), 0.0, ms_new)
+            ss = ss * tl.exp((ms - ms_ref) * invT) + tl.sum(tl.exp((xs - ms_ref) * invT), axis=0)
+            ms = ms_new
+            xt = tl.load(o_ptr + base + j, mask=mask, other=float("-inf")).to(ACC)
+            mt_new = tl.maximum(mt, tl.max(xt, axis=0))
+            mt_ref = tl.where(mt_new == float("-inf"), 0.0, mt_new)
+            st = st * tl.exp((mt - mt_ref) * invT) + tl.sum(tl.exp((xt - mt_ref) * invT), axis=0)
+            mt = mt_new
+    mx = tl.max(m, axis=0)
+    rs = 1.0 / tl.sum(s * tl.exp(m - mx), axis=0)
+    inv_ss = 1.0 / ss
+    log_ss = tl.log(ss)
+    inv_st = 1.0 / st
+    log_st = tl.log(st)
+
+    # ---- 2: scores s_k and the divergence sums; the row's loss and a = dl/ds ----------------
+    v0 = tl.zeros([BLOCK], ACC)
+    v1 = tl.zeros([BLOCK], ACC)
+    v2 = tl.zeros([BLOCK], ACC)
+    acc_t = tl.zeros([], ACC)
+    acc_s = tl.zeros([], ACC)
+    if (not HARD) or KD:
+        for start in range(0, C, BLOCK):
+            j = start + cols
+            mask = j < C
+            x = tl.load(x_ptr + base + j, mask=mask, other=0.0).to(ACC)
+            if not HARD:
+                z = (x + gumbel_noise(seed, offset, base + j, ACC)) * inv
+                y = tl.where(mask, tl.exp(z - mx) * rs, 0.0)
+                dp = d_ptr + (base + j) * K
+                v0 += y * tl.load(dp, mask=mask, other=0.0).to(ACC)
+                v1 += y * tl.load(dp + 1, mask=mask, other=0.0).to(ACC)
+                if K == 3:
+                    v2 += y * tl.load(dp + 2, mask=mask, other=0.0).to(ACC)
+            if KD:
+                ps, lps = _prob_and_log(tl.where(mask, x, float("-inf")), ms, invT, inv_ss, log_ss)
+                xt = tl.load(o_ptr + base + j, mask=mask, other=float("-inf")).to(ACC)
+                pt, lpt = _prob_and_log(xt, mt, invT, inv_st, log_st)
+                bt, bs = _kd_div_terms(ps, pt, lps, lpt, DIV)
+                acc_t += bt
+                acc_s += bs
+    if HARD:
+        # y_fwd is the one-hot of the first argmax: s = d[n, argmax] (C = 0: no label, s = 0)
+        dp = d_ptr + (base + best_idx) * K
+        live = best_idx < C
+        s0 = tl.load(dp, mask=live, other=0.0).to(ACC)
+        s1 = tl.load(dp + 1, mask=live, other=0.0).to(ACC)
+        if K == 3:
+            s2 = tl.load(dp + 2, mask=live, other=0.0).to(ACC)
+        else:
+            s2 = tl.zeros([], ACC)
+    else:
+        s0 = tl.sum(v0, axis=0)
+        s1 = tl.sum(v1, axis=0)
+        s2 = tl.sum(v2, axis=0)
+    src = tl.load(src_ptr + row)
+    bad = (src < 1) | (src > 2)
+    c1 = tl.full([], w1, ACC)
+    c2 = tl.full([], w2, ACC)
+    if MEAN:
+        c1 = c1 / tl.maximum(tl.load(counts_ptr + 1), 1).to(ACC)
+        c2 = c2 / tl.maximum(tl.load(counts_ptr + 2), 1).to(ACC)
+    c = tl.where(src == 1, c1, c2)
+    m1 = (src == 1).to(ACC)
+    m2 = (src == 2).to(ACC)
+    loss, a0, a1, a2 = _source_row(s0, s1, s2, m1 * 0.0, m1, m2, c, K, MODE)
+    # a bad source id: NaN row and NaN adversarial gradients (no host check: it would synchronize)
+    loss = tl.where(bad, float("nan"), loss)
+    a0 = tl.where(bad, float("nan"), a0)
+    a1 = tl.where(bad, float("nan"), a1)
+    a2 = tl.where(bad, float("nan"), a2)
+    kds = tl.full([], kd_scale, ACC)
+    if KD:
+        if DIV == 0:
+            dv = acc_t
+        elif DIV == 1:
+            dv = acc_s
+        else:
+            dv = 0.5 * acc_t + 0.5 * acc_s
+        loss += kds * T * T * dv
+    tl.store(rows_ptr + row, loss.to(rows_ptr.dtype.element_ty))
+
+    # ---- 3: sb = sum_c y_soft_c b_c ------------------------------------------------------------
+    sb = tl.zeros([], ACC)
+    if WRITE_GX:
+        vb = tl.zeros([BLOCK], ACC)
+        for start in range(0, C, BLOCK):
+            j = start + cols
+            mask = j < C
+            x = tl.load(x_ptr + base + j, mask=mask, other=0.0).to(ACC)
+            z = (x + gumbel_noise(seed, offset, base + j, ACC)) * inv
+            y = tl.where(mask, tl.exp(z - mx) * rs, 0.0)
+            dp = d_ptr + (base + j) * K
+            b = a0 * tl.load(dp, mask=mask, other=0.0).to(ACC) + a1 * tl.load(dp + 1, mask=mask, other=0.0).to(ACC)
+            if K == 3:
+                b += a2 * tl.load(dp + 2, mask=mask, other=0.0).to(ACC)
+            vb += y * b
+        sb = tl.sum(vb, axis=0)
+
+    # ---- 4: gradients --------------------------------------------------------------------------
+    if WRITE_GX or WRITE_GO or WRITE_GD:
+        kdT = kds * T
+        for start in range(0, C, BLOCK):
+            j = start + cols
+            mask = j < C
+            x = tl.load(x_ptr + base + j, mask=mask, other=0.0).to(ACC)
+            if WRITE_GX or (WRITE_GD and not HARD):
+                z = (x + gumbel_noise(seed, offset, base + j, ACC)) * inv
+                y = tl.where(mask, tl.exp(z - mx) * rs, 0.0)
+            else:
+                y = tl.zeros([BLOCK], ACC)
+            if HARD:
+                yf = tl.where(j == best_idx, 1.0, 0.0).to(ACC)
+            else:
+                yf = y
+            dp = d_ptr + (base + j) * K
+            if WRITE_GX:
+                b = a0 * tl.load(dp, mask=mask, other=0.0).to(ACC) + a1 * tl.load(dp + 1, mask=mask, other=0.0).to(ACC)
+                if K == 3:
+                    b += a2 * tl.load(dp + 2, mask=mask, other=0.0).to(ACC)
+                gx = y * (b - sb) * inv
+            if KD:
+                ps, lps = _prob_and_log(tl.where(mask, x, float("-inf")), ms, invT, inv_ss, log_ss)
+                xt = tl.load(o_ptr + base + j, mask=mask, other=float("-inf")).to(ACC)
+                pt, lpt = _prob_and_log(xt, mt, invT, inv_st, log_st)
+                ds, dt = _kd_div_grads(ps, pt, lps, lpt, acc_t, acc_s, DIV)
+                if WRITE_GX:
+                    gx += kdT * ds
+                go = kdT * dt
+            else:
+                go = tl.zeros([BLOCK], ACC)
+            if WRITE_GX:
+                tl.store(gx_ptr + base + j, gx.to(gx_ptr.dtype.element_ty), mask=mask)
+            if WRITE_GO:
+                tl.store(go_ptr + base + j, go.to(go_ptr.dtype.element_ty), mask=mask)
+            if WRITE_GD:
+                gp = gd_ptr + (base + j) * K
+                tl.store(gp, (yf * a0).to(gd_ptr.dtype.element_ty), mask=mask)
+                tl.store(gp + 1, (yf * a1).to(gd_ptr.dtype.element_ty), mask=mask)
+                if K == 3:
+                    tl.store(gp + 2, (yf * a2).to(gd_ptr.dtype.element_ty), mask=mask)
+
+
+def _adv_distill_fwd_fake(gen, other, d, source, tau, seed_offset, hard, w_real, w_student, w_teacher,
+                          parameterization, mode, per_source_mean, kd_weight, temperature, divergence, grad_gen,
+                          grad_other, grad_d):
+    """Shapes of ``adv_distill_fwd``."""
+    loss_dtype = torch.float64 if gen.dtype == torch.float64 else torch.float32
+    rows = gen.new_empty((gen.shape[0],), dtype=loss_dtype)
+    gg = torch.empty_like(gen) if grad_gen else gen.new_empty((0,))
+    go = torch.empty_like(other) if grad_other else gen.new_empty((0,))
+    gd = torch.empty_like(d) if grad_d else gen.new_empty((0,))
+    return rows, gg, go, gd
+
+
+try:  # the op module's shape function, once it has one (one definition for the C++ and Triton ops)
+    from ..ops.adversarial import adv_distill_fwd_fake
+except ImportError:
+    adv_distill_fwd_fake = _adv_distill_fwd_fake
+
+
+@torch.library.custom_op("adkernels::adv_distill_fwd_triton", mutates_args=())
+def adv_distill_fwd_triton(
+    gen: Tensor, other: Tensor, d: Tensor, source: Tensor, tau: Tensor, seed_offset: Tensor, hard: bool,
+    w_real: float, w_student: float, w_teacher: float, parameterization: int, mode: int, per_source_mean: bool,
+    kd_weight: float, temperature: float, divergence: int, grad_gen: bool, grad_other: bool, grad_d: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Triton ``adv_distill_fwd`` (contract: csrc/ops.cpp)."""
+    op = "adv_distill_fwd_triton"
+    if parameterization not in (0, 1):
+        raise ValueError(f"{op}: parameterization must be 0 (softmax) or 1 (binary_tree), got {parameterization}")
+    if mode not in (1, 2):
+        raise ValueError(f"{op}: mode must be 1 (minimax) or 2 (nonsat), got {mode}")
+    if divergence not in (0, 1, 2):
+        raise ValueError(f"{op}: divergence must be 0 (kl), 1 (reverse_kl) or 2 (jsd), got {divergence}")
+    if kd_weight != 0 and not temperature > 0:
+        raise ValueError(f"{op}: temperature must be > 0, got {temperature}")
+    K = 3 if parameterization == 0 else 2
+    if gen.dim() != 2 or gen.dtype not in _DTYPES or not gen.is_contiguous():
+        raise ValueError(f"{op}: gen must be a contiguous [N, C] float32/float64/float16/bfloat16 tensor, got "
+                         f"{tuple(gen.shape)} {gen.dtype}")
+    N, C = gen.shape
+    if other.shape != gen.shape or other.dtype != gen.dtype or not other.is_contiguous() or other.device != gen.device:
+        raise ValueError(f"{op}: other must be contiguous with gen's shape {tuple(gen.shape)}, dtype and device, got "
+                         f"{tuple(other.shape)} {other.dtype}")
+    if d.shape != (N, C, K) or d.dtype != gen.dtype or not d.is_contiguous() or d.device != gen.device:
+        raise ValueError(f"{op}: d must be a contiguous [{N}, {C}, {K}] tensor of gen's dtype and device, got "
+                         f"{tuple(d.shape)} {d.dtype}")
+    if source.shape != (N,) or source.dtype != torch.int64 or source.device != gen.device:
+        raise ValueError(f"{op}: source must be an int64 [{N}] tensor on gen's device")
+    if tau.numel() != 1 or not tau.dtype.is_floating_point or tau.device != gen.device:
+        raise ValueError(f"{op}: tau must be a one-element float tensor on {gen.device}")
+    if seed_offset.numel() != 2 or seed_offset.dtype != torch.int64 or seed_offset.device != gen.device:
+        raise ValueError(f"{op}: seed_offset must be int64[2] on {gen.device}")
+    _check_device(op, gen)
+    rows, gg, go, gd = adv_distill_fwd_fake(gen, other, d, source, tau, seed_offset, hard, w_real, w_student,
+                                            w_teacher, parameterization, mode, per_source_mean, kd_weight,
+                                            temperature, divergence, grad_gen, grad_other, grad_d)
+    if N == 0:
+        return rows, gg, go, gd
+    source = source.contiguous()
+    counts = torch.zeros(3, dtype=torch.int64, device=gen.device)
+    kd = kd_weight != 0
+    blk = max(16, min(triton.next_power_of_2(max(C, 1)), int(DISTILL_BLOCK)))
+    with _quiet_interpreter():
+        if per_source_mean:
+            _count_kernel[(triton.cdiv(N, ROWS_BLOCK),)](source, counts, N, BLOCK=ROWS_BLOCK)
+        _distill_kernel[(N,)](
+            gen, other, d, source, counts, tau, seed_offset.contiguous(), rows,
+            gg if grad_gen else rows, go if grad_other else rows, gd if grad_d else rows, C,
+            float(w_real), float(w_student), float(w_teacher), float(kd_weight) / N,
+            float(temperature) if kd else 1.0,
+            K=K, MODE=int(mode), MEAN=bool(per_source_mean), HARD=bool(hard), KD=kd, DIV=int(divergence),
+            WRITE_GX=bool(grad_gen), WRITE_GO=bool(grad_other), WRITE_GD=bool(grad_d),
+            ACC=tl.float64 if gen.dtype == torch.float64 else tl.float32, BLOCK=blk,
+            num_warps=8 if blk >= 2048 else 4,
+        )
+    return rows, gg, go, gd
+
+
+adv_distill_fwd_triton.register_fake(adv_distill_fwd_fake)
