@@ -7,6 +7,14 @@
 // are not checked on the host (that would synchronize): a bad id gives a NaN row, as Triton.
 // adv_binary_fwd: one block per chunk of kAdvChunk elements; per-element terms, or one partial
 // sum per chunk reduced in a fixed order (deterministic).
+// adv_distill_fwd: one block per row, the noise regenerated in each pass (gumbel_math.h's
+// gumbel_noise, the stream of gumbel_softmax), block reductions of block_all.cuh (fixed order:
+// deterministic); the chain rule of adversarial_math.h (adv_distill_*), KD of kd_math.h:
+//   1  online (max, sum exp) of z = (x + g) / tau and its first argmax; with KD of x / T, o / T
+//   2  the scores s_k = sum_c y_fwd_c d[c, k] (hard: d[argmax, k], no pass) and the divergence's
+//      two sums; every thread then has the row's loss and a = dl/ds (adv_source_row)
+//   3  sb = sum_c y_soft_c b_c (only for grad_gen)
+//   4  the gradients
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -15,7 +23,12 @@
 #include <torch/library.h>
 
 #include <adkernels/adversarial_math.h>
+#include <adkernels/gumbel_math.h>
+#include <adkernels/kd_math.h>
 
+#include "block_all.cuh"
+
+#include <cmath>
 #include <limits>
 #include <optional>
 
@@ -206,11 +219,282 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adv_binary_fwd_cuda(
   return {out, gr, gf};
 }
 
+
+// ---- adv_distill_fwd ------------------------------------------------------------------------
+
+// Pass 1 state of a thread (then of the block): online (max, sum exp) of z and its first
+// argmax; online (max, sum exp) of gen / T and other / T for the KD term.
+template <typename T>
+struct DistillStats {
+  T m, s;
+  int64_t arg;
+  T ms, ss, mt, st;
+};
+
+struct DistillMerge {
+  template <typename T>
+  __device__ __forceinline__ DistillStats<T> operator()(const DistillStats<T>& a, const DistillStats<T>& b) const {
+    DistillStats<T> r = a;
+    if (b.m > a.m || (b.m == a.m && b.arg < a.arg)) r.arg = b.arg;  // the first index of the max
+    online_merge(r.m, r.s, b.m, b.s);
+    online_merge(r.ms, r.ss, b.ms, b.ss);
+    online_merge(r.mt, r.st, b.mt, b.st);
+    return r;
+  }
+};
+
+// Pass 2 sums: the scores s_0..2 and the divergence's (acc_t, acc_s).
+template <typename T>
+struct DistillSums {
+  T v[5];
+};
+
+struct DistillSumsOp {
+  template <typename T>
+  __device__ __forceinline__ DistillSums<T> operator()(const DistillSums<T>& a, const DistillSums<T>& b) const {
+    DistillSums<T> r;
+#pragma unroll
+    for (int k = 0; k < 5; ++k) r.v[k] = a.v[k] + b.v[k];
+    return r;
+  }
+};
+
+template <typename acc_t>
+struct DistillParams {
+  acc_t w[3];
+  acc_t kd_scale, temperature;
+  int64_t C, K, param, mode, divergence;
+  bool mean, hard, kd;
+};
+
+template <typename scalar_t, typename acc_t, int THREADS>
+__global__ void __launch_bounds__(THREADS) adv_distill_kernel(
+    const scalar_t* __restrict__ gen, const scalar_t* __restrict__ other, const scalar_t* __restrict__ d,
+    const int64_t* __restrict__ src, const unsigned long long* __restrict__ counts, const acc_t* __restrict__ tau,
+    const int64_t* __restrict__ seed_offset, acc_t* __restrict__ rows, scalar_t* __restrict__ grad_gen,
+    scalar_t* __restrict__ grad_other, scalar_t* __restrict__ grad_d, DistillParams<acc_t> p) {
+  const int64_t row = blockIdx.x, tid = threadIdx.x, C = p.C, K = p.K, base = row * C;
+  const uint64_t seed = static_cast<uint64_t>(seed_offset[0]), offset = static_cast<uint64_t>(seed_offset[1]);
+  const acc_t one(1), beta(0.5), inv_tau = one / tau[0], T = p.temperature, invT = one / T;
+  const scalar_t* x = gen + base;
+  const scalar_t* o = other + base;
+  // the noisy logit z_c (the noise regenerated from the stream) and the soft sample y_c
+  auto noisy = [&](int64_t j) {
+    const acc_t g = gumbel_noise<acc_t>(seed, offset, static_cast<uint64_t>(base + j));
+    return gumbel_logit(static_cast<acc_t>(x[j]), g, inv_tau);
+  };
+
+  // 1: (max, sum exp, first argmax) of z; (max, sum exp) of x / T and o / T
+  DistillStats<acc_t> st{-INFINITY, 0, C, -INFINITY, 0, -INFINITY, 0};
+  for (int64_t j = tid; j < C; j += THREADS) {
+    const acc_t z = noisy(j);
+    if (z > st.m) st.arg = j;  // first index of this thread's max (j increases)
+    online_add(st.m, st.s, z);
+    if (p.kd) {
+      online_add(st.ms, st.ss, static_cast<acc_t>(x[j]) * invT);
+      online_add(st.mt, st.st, static_cast<acc_t>(o[j]) * invT);
+    }
+  }
+  st = block_all<THREADS>(st, DistillMerge{});
+  const acc_t zmax = st.m, rs = one / st.s;
+  const acc_t lse_s = st.ms + ad_log(st.ss), lse_t = st.mt + ad_log(st.st);
+  auto soft = [&](int64_t j) { return ad_exp(noisy(j) - zmax) * rs; };
+  auto kd_element = [&](int64_t j, acc_t& ps, acc_t& pt, acc_t& lps, acc_t& lpt) {
+    lps = static_cast<acc_t>(x[j]) * invT - lse_s;
+    lpt = static_cast<acc_t>(o[j]) * invT - lse_t;
+    ps = ad_exp(lps);
+    pt = ad_exp(lpt);
+  };
+  auto d_at = [&](int64_t j, acc_t (&dc)[3]) {
+    const scalar_t* q = d + (base + j) * K;
+    dc[0] = static_cast<acc_t>(q[0]);
+    dc[1] = static_cast<acc_t>(q[1]);
+    dc[2] = K == 3 ? static_cast<acc_t>(q[2]) : acc_t(0);
+  };
+
+  // 2: scores and divergence sums
+  DistillSums<acc_t> sums{{0, 0, 0, 0, 0}};
+  if (!p.hard || p.kd) {
+    for (int64_t j = tid; j < C; j += THREADS) {
+      if (!p.hard) {
+        const acc_t y = soft(j);
+        acc_t dc[3];
+        d_at(j, dc);
+        sums.v[0] += y * dc[0];
+        sums.v[1] += y * dc[1];
+        sums.v[2] += y * dc[2];
+      }
+      if (p.kd) {
+        acc_t ps, pt, lps, lpt;
+        kd_element(j, ps, pt, lps, lpt);
+        kd_div_terms(p.divergence, ps, pt, lps, lpt, beta, one, sums.v[3], sums.v[4]);
+      }
+    }
+    sums = block_all<THREADS>(sums, DistillSumsOp{});
+  }
+  acc_t s[3] = {sums.v[0], sums.v[1], sums.v[2]};
+  if (p.hard) {
+    // y_fwd is the one-hot of the first argmax: s = d[argmax] (no argmax only for NaN logits)
+    s[0] = s[1] = s[2] = acc_t(0);
+    if (st.arg < C) d_at(st.arg, s);
+  }
+  const int64_t sid = src[row];
+  const bool bad = sid < 1 || sid > 2;  // generator rows are STUDENT or TEACHER
+  const int64_t si = bad ? 1 : sid;
+  acc_t c = p.w[si];
+  if (p.mean) c /= static_cast<acc_t>(counts[si] > 0 ? counts[si] : 1ull);
+  const acc_t m[3] = {acc_t(0), acc_t(si == 1), acc_t(si == 2)};
+  acc_t loss, a[3];
+  adv_source_row<acc_t>(p.param, p.mode, s, m, c, loss, a);
+  if (bad) {
+    loss = std::numeric_limits<acc_t>::quiet_NaN();
+    a[0] = a[1] = a[2] = loss;
+  }
+  if (p.kd) loss += p.kd_scale * T * T * kd_div_value(p.divergence, sums.v[3], sums.v[4], beta);
+  if (tid == 0) rows[row] = loss;
+
+  // 3: sb = sum_c y_soft_c b_c
+  acc_t sb(0);
+  if (grad_gen) {
+    acc_t v(0);
+    for (int64_t j = tid; j < C; j += THREADS) {
+      acc_t dc[3];
+      d_at(j, dc);
+      v += soft(j) * adv_distill_b(a[0], a[1], a[2], dc[0], dc[1], dc[2]);
+    }
+    sb = block_all<THREADS>(v, SumOp{});
+  }
+
+  // 4: gradients
+  if (grad_gen || grad_other || grad_d) {
+    const acc_t kdT = p.kd_scale * T;
+    const bool need_y = grad_gen || (grad_d && !p.hard);
+    const bool need_kd = p.kd && (grad_gen || grad_other);
+    for (int64_t j = tid; j < C; j += THREADS) {
+      const acc_t y = need_y ? soft(j) : acc_t(0);
+      acc_t ds(0), dt(0);
+      if (need_kd) {
+        acc_t ps, pt, lps, lpt;
+        kd_element(j, ps, pt, lps, lpt);
+        kd_div_grads(p.divergence, ps, pt, lps, lpt, beta, one, sums.v[3], sums.v[4], ds, dt);
+      }
+      acc_t dc[3];
+      if (grad_gen) {
+        d_at(j, dc);
+        grad_gen[base + j] = static_cast<scalar_t>(
+            adv_distill_grad_gen(y, adv_distill_b(a[0], a[1], a[2], dc[0], dc[1], dc[2]), sb, inv_tau, kdT * ds));
+      }
+      if (grad_other) grad_other[base + j] = static_cast<scalar_t>(p.kd ? kdT * dt : acc_t(0));
+      if (grad_d) {
+        const acc_t yf = p.hard ? (j == st.arg ? one : acc_t(0)) : y;
+        scalar_t* q = grad_d + (base + j) * K;
+        for (int64_t k = 0; k < K; ++k) q[k] = static_cast<scalar_t>(yf * a[k]);
+      }
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> adv_distill_fwd_cuda(
+    const at::Tensor& gen, const at::Tensor& other, const at::Tensor& d, const at::Tensor& source,
+    const at::Tensor& tau, const at::Tensor& seed_offset, bool hard, double w_real, double w_student,
+    double w_teacher, int64_t parameterization, int64_t mode, bool per_source_mean, double kd_weight,
+    double temperature, int64_t divergence, bool grad_gen, bool grad_other, bool grad_d) {
+  const char* op = "adv_distill_fwd";
+  TORCH_CHECK(gen.is_cuda(), op, ": expected CUDA tensors, got ", gen.device());
+  const c10::cuda::CUDAGuard guard(gen.device());
+  TORCH_CHECK(parameterization == 0 || parameterization == 1, op,
+              ": parameterization must be 0 (softmax) or 1 (binary_tree), got ", parameterization);
+  TORCH_CHECK(mode == 1 || mode == 2, op, ": mode must be 1 (minimax) or 2 (nonsat), got ", mode);
+  TORCH_CHECK(divergence >= 0 && divergence <= 2, op, ": divergence must be 0 (kl), 1 (reverse_kl) or 2 (jsd), got ",
+              divergence);
+  TORCH_CHECK(std::isfinite(kd_weight) && kd_weight >= 0, op, ": kd_weight must be finite and >= 0, got ", kd_weight);
+  TORCH_CHECK(std::isfinite(temperature) && temperature > 0, op, ": temperature must be finite and > 0, got ",
+              temperature);
+  const int64_t K = parameterization == 0 ? 3 : 2;
+  TORCH_CHECK(gen.dim() == 2 && gen.is_contiguous(), op, ": gen must be a contiguous [N, C] tensor, got ",
+              gen.sizes());
+  check_dtype(gen, op);
+  const int64_t N = gen.size(0), C = gen.size(1);
+  TORCH_CHECK(other.sizes() == gen.sizes() && other.scalar_type() == gen.scalar_type() && other.is_contiguous() &&
+                  other.device() == gen.device(),
+              op, ": other must be a contiguous tensor of gen's shape ", gen.sizes(), ", dtype and device");
+  TORCH_CHECK(d.dim() == 3 && d.size(0) == N && d.size(1) == C && d.size(2) == K &&
+                  d.scalar_type() == gen.scalar_type() && d.is_contiguous() && d.device() == gen.device(),
+              op, ": d must be a contiguous [", N, ", ", C, ", ", K, "] tensor of gen's dtype and device, got ",
+              d.sizes());
+  TORCH_CHECK(source.dim() == 1 && source.size(0) == N && source.scalar_type() == at::kLong &&
+                  source.is_contiguous() && source.device() == gen.device(),
+              op, ": source must be a contiguous int64 [", N, "] tensor on gen's device");
+  TORCH_CHECK(seed_offset.numel() == 2 && seed_offset.scalar_type() == at::kLong &&
+                  seed_offset.device() == gen.device(),
+              op, ": seed_offset must be an int64 tensor of 2 elements (seed, offset) on gen's device");
+  TORCH_CHECK(tau.numel() == 1 && tau.is_floating_point() && tau.device() == gen.device(), op,
+              ": tau must be a one-element floating tensor on gen's device, got ", tau.sizes(), " ",
+              tau.scalar_type(), " on ", tau.device());
+  auto rows = at::empty({N}, gen.options().dtype(loss_type(gen)));
+  auto gg = grad_gen ? at::empty_like(gen) : at::empty({0}, gen.options());
+  auto go = grad_other ? at::empty_like(other) : at::empty({0}, gen.options());
+  auto gd = grad_d ? at::empty_like(d) : at::empty({0}, gen.options());
+  if (N == 0) return {rows, gg, go, gd};
+  TORCH_CHECK(C > 0, op, ": gen has no labels (C = 0): a Gumbel-Softmax sample needs C >= 1");
+  TORCH_CHECK(N <= std::numeric_limits<int32_t>::max(), op, ": too many rows (", N, ") for one launch");
+  // tau in the compute dtype, read on the device (no host sync; a no-op when it already is)
+  const auto tau_acc = tau.reshape({1}).to(loss_type(gen)).contiguous();
+  const auto so = seed_offset.contiguous();
+  auto stream = at::cuda::getCurrentCUDAStream();
+  auto counts = at::zeros({3}, source.options());
+  if (per_source_mean) {
+    const int blocks = static_cast<int>(std::min<int64_t>((N + kThreads - 1) / kThreads, 1024));
+    adv_count_kernel<<<blocks, kThreads, 0, stream>>>(source.const_data_ptr<int64_t>(), N,
+                                                      reinterpret_cast<unsigned long long*>(counts.data_ptr<int64_t>()));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gen.scalar_type(), "adv_distill_fwd_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    DistillParams<acc_t> p{};
+    p.w[0] = static_cast<acc_t>(w_real);
+    p.w[1] = static_cast<acc_t>(w_student);
+    p.w[2] = static_cast<acc_t>(w_teacher);
+    p.kd_scale = static_cast<acc_t>(kd_weight / static_cast<double>(N));
+    p.temperature = static_cast<acc_t>(temperature);
+    p.C = C;
+    p.K = K;
+    p.param = parameterization;
+    p.mode = mode;
+    p.divergence = divergence;
+    p.mean = per_source_mean;
+    p.hard = hard;
+    p.kd = kd_weight != 0;
+    const auto* xp = gen.const_data_ptr<scalar_t>();
+    const auto* op_ = other.const_data_ptr<scalar_t>();
+    const auto* dp = d.const_data_ptr<scalar_t>();
+    const auto* sp = source.const_data_ptr<int64_t>();
+    const auto* cp = reinterpret_cast<const unsigned long long*>(counts.const_data_ptr<int64_t>());
+    const auto* tp = tau_acc.const_data_ptr<acc_t>();
+    const auto* sop = so.const_data_ptr<int64_t>();
+    auto* rp = rows.mutable_data_ptr<acc_t>();
+    auto* ggp = grad_gen ? gg.mutable_data_ptr<scalar_t>() : nullptr;
+    auto* gop = grad_other ? go.mutable_data_ptr<scalar_t>() : nullptr;
+    auto* gdp = grad_d ? gd.mutable_data_ptr<scalar_t>() : nullptr;
+    const unsigned grid = static_cast<unsigned>(N);
+    if (C >= 2048) {
+      adv_distill_kernel<scalar_t, acc_t, 512><<<grid, 512, 0, stream>>>(xp, op_, dp, sp, cp, tp, sop, rp, ggp, gop, gdp, p);
+    } else if (C >= 256) {
+      adv_distill_kernel<scalar_t, acc_t, 128><<<grid, 128, 0, stream>>>(xp, op_, dp, sp, cp, tp, sop, rp, ggp, gop, gdp, p);
+    } else {
+      adv_distill_kernel<scalar_t, acc_t, 32><<<grid, 32, 0, stream>>>(xp, op_, dp, sp, cp, tp, sop, rp, ggp, gop, gdp, p);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {rows, gg, go, gd};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(adkernels, CUDA, m) {
   m.impl("adv_source_fwd", &adv_source_fwd_cuda);
   m.impl("adv_binary_fwd", &adv_binary_fwd_cuda);
+  m.impl("adv_distill_fwd", &adv_distill_fwd_cuda);
 }
 
 }  // namespace adkernels::cuda
