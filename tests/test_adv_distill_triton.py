@@ -209,6 +209,12 @@ def test_bad_arguments_raise():
         fast(x, o, d, src.int(), so, mode="minimax", **kw)
     with pytest.raises(ValueError, match="seed_offset must be int64"):
         fast(x, o, d, src, so[:1], mode="minimax", **kw)
+    with pytest.raises(ValueError, match="temperature must be finite and > 0"):
+        fast(x, o, d, src, so, mode="minimax", **{**kw, "T": 0.0})
+    with pytest.raises(ValueError, match="kd_weight must be finite and >= 0"):
+        fast(x, o, d, src, so, mode="minimax", **{**kw, "kd": -1.0})
+    with pytest.raises(ValueError, match=r"no labels \(C = 0\)"):
+        fast(x[:, :0], o[:, :0], d[:, :0], src, so, mode="minimax", **kw)
 
 
 @settings(max_examples=6, deadline=None)

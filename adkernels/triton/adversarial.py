@@ -10,6 +10,7 @@ one partial sum per chunk.
 Everything is computed in float32 (float64 for float64 inputs).
 """
 import contextlib
+import math
 from typing import Optional
 
 import torch
@@ -633,8 +634,10 @@ def adv_distill_fwd_triton(
         raise ValueError(f"{op}: mode must be 1 (minimax) or 2 (nonsat), got {mode}")
     if divergence not in (0, 1, 2):
         raise ValueError(f"{op}: divergence must be 0 (kl), 1 (reverse_kl) or 2 (jsd), got {divergence}")
-    if kd_weight != 0 and not temperature > 0:
-        raise ValueError(f"{op}: temperature must be > 0, got {temperature}")
+    if not (math.isfinite(kd_weight) and kd_weight >= 0):
+        raise ValueError(f"{op}: kd_weight must be finite and >= 0, got {kd_weight}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"{op}: temperature must be finite and > 0, got {temperature}")
     K = 3 if parameterization == 0 else 2
     if gen.dim() != 2 or gen.dtype not in _DTYPES or not gen.is_contiguous():
         raise ValueError(f"{op}: gen must be a contiguous [N, C] float32/float64/float16/bfloat16 tensor, got "
@@ -658,6 +661,8 @@ def adv_distill_fwd_triton(
                                             temperature, divergence, grad_gen, grad_other, grad_d)
     if N == 0:
         return rows, gg, go, gd
+    if C == 0:
+        raise ValueError(f"{op}: gen has no labels (C = 0): a Gumbel-Softmax sample needs C >= 1")
     source = source.contiguous()
     counts = torch.zeros(3, dtype=torch.int64, device=gen.device)
     kd = kd_weight != 0
@@ -669,7 +674,7 @@ def adv_distill_fwd_triton(
             gen, other, d, source, counts, tau, seed_offset.contiguous(), rows,
             gg if grad_gen else rows, go if grad_other else rows, gd if grad_d else rows, C,
             float(w_real), float(w_student), float(w_teacher), float(kd_weight) / N,
-            float(temperature) if kd else 1.0,
+            float(temperature),
             K=K, MODE=int(mode), MEAN=bool(per_source_mean), HARD=bool(hard), KD=kd, DIV=int(divergence),
             WRITE_GX=bool(grad_gen), WRITE_GO=bool(grad_other), WRITE_GD=bool(grad_d),
             ACC=tl.float64 if gen.dtype == torch.float64 else tl.float32, BLOCK=blk,
