@@ -437,13 +437,52 @@ def binary_adversarial_loss(
 
 # ---- the ADIM student / teacher step ------------------------------------------------------------
 
+def adv_distill_fwd_fake(gen, other, d, source, tau, seed_offset, hard, w_real, w_student, w_teacher,
+                         parameterization, mode, per_source_mean, kd_weight, temperature, divergence, grad_gen,
+                         grad_other, grad_d):
+    """Shapes of ``adv_distill_fwd`` (shared by the C++ op and the Triton op)."""
+    loss_dtype = torch.float64 if gen.dtype == torch.float64 else torch.float32
+    rows = gen.new_empty((gen.shape[0],), dtype=loss_dtype)
+    gg = torch.empty_like(gen) if grad_gen else gen.new_empty((0,))
+    go = torch.empty_like(other) if grad_other else gen.new_empty((0,))
+    gd = torch.empty_like(d) if grad_d else gen.new_empty((0,))
+    return rows, gg, go, gd
+
+
+if _backend.has_cpp() and hasattr(torch.ops.adkernels, "adv_distill_fwd"):
+    torch.library.register_fake("adkernels::adv_distill_fwd")(adv_distill_fwd_fake)
+
+
+class DistillFunction(torch.autograd.Function):
+    """Autograd over ``adv_distill_fwd`` (or its Triton twin): all gradients made in the forward
+    pass, scaled in backward by the incoming gradient."""
+
+    @staticmethod
+    def forward(ctx, gen, other, d, source, tau, seed_offset, hard, weights, param, mode, per_source_mean,
+                kd_weight, temperature, divergence, backend):
+        need = ctx.needs_input_grad
+        rows, gg, go, gd = _kernel("adv_distill_fwd", backend)(
+            gen, other, d, source, tau, seed_offset, hard, *weights, param, mode, per_source_mean, kd_weight,
+            temperature, divergence, need[0], need[1], need[2],
+        )
+        ctx.save_for_backward(gg, go, gd)
+        return rows.sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        gg, go, gd = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        out = [_scale(grad, g, "sum") if need[i] else None for i, g in enumerate((gg, go, gd))]
+        return (*out, *([None] * 12))
+
+
 def adversarial_distillation_loss(
     gen_logits: Tensor,
     other_logits: Tensor,
     d_label_logits: Tensor,
     source: Tensor,
     *,
-    tau: float,
+    tau,
     hard: bool = False,
     weights: Sequence[float] = (1.0, 1.0, 1.0),
     kd_weight: float = 1.0,
@@ -454,32 +493,36 @@ def adversarial_distillation_loss(
     reduction: str = "mean",
     divergence: str = "kl",
 ) -> Tensor:
-    r"""The student (or teacher) step of ADIM (Algorithm 1 with the Gumbel-Softmax trick):
+    r"""The student (or teacher) step of ADIM (Algorithm 1 with the Gumbel-Softmax trick), fused:
 
     ``y = gumbel_softmax(gen_logits, tau, hard)`` over the label dimension C,
     ``s = label_conditioned_scores(d_label_logits, y)`` (D scores the sampled label),
     ``L = generator_loss(s, source, mode, weights, parameterization, reduction)
     + kd_weight * kd_loss(gen_logits, other_logits, temperature, divergence)``.
 
-    It is exactly that composition of the public ops (same noise for the same generator state:
-    the Philox ``(seed, offset)`` pair is drawn from ``generator`` once, as ``gumbel_softmax``
-    does). Not yet a single fused pass: the fused version needs the in-kernel Gumbel noise
-    function shared with ``gumbel_softmax``; until then the Gumbel-Softmax sample runs on the
-    reference Philox stream (``adkernels.reference.gumbel``) unless ``adkernels.gumbel_softmax``
-    exists, in which case that op is used.
+    One kernel (CPU C++, CUDA, Triton) makes, per row, the Gumbel noise inside it (the stream of
+    :func:`gumbel_softmax`: the same ``(seed, offset)`` pair is drawn from ``generator`` once, so
+    this op and that composition see the same noise), the sample, D's scores, the three-way
+    generator loss, the KD term and every gradient (to ``gen_logits``, ``d_label_logits`` and,
+    when it requires one, ``other_logits``), without an ``[N, C]`` sample or an ``[N, C, K]``
+    product in memory. Its value and gradients equal the composition (tested).
+    ``reduction="none"`` and a ``d_label_logits`` dtype other than ``gen_logits``' run the
+    composition of the separate ops instead (same result).
 
     Args:
         gen_logits: ``[N, C]`` logits of the player being trained (student or teacher).
         other_logits: ``[N, C]`` logits of the other player (the KD target; it gets a gradient if
-            it requires one).
+            it requires one), same dtype and device.
         d_label_logits: ``[N, C, K]`` the discriminator's per-label source logits (K = 3 softmax,
             2 binary_tree).
         source: ``[N]`` ids of the player being trained, 1 (STUDENT) or 2 (TEACHER).
-        tau: Gumbel-Softmax temperature (see the annealing schedule 10 -> 0.1).
-        hard: straight-through one-hot samples.
+        tau: Gumbel-Softmax temperature > 0, a number or a one-element tensor (see
+            :func:`temperature_schedule`; a tensor does not recompile under torch.compile).
+        hard: straight-through one-hot samples (D scores the one-hot; gradients flow through the
+            soft sample).
         weights, mode, parameterization, reduction: as :func:`generator_loss`.
-        kd_weight, temperature, divergence: weight, temperature and divergence of the KD term
-            (``kd_loss`` with ``reduction="batchmean"``).
+        kd_weight, temperature, divergence: weight (>= 0; 0 drops the term), temperature and
+            divergence of the KD term (``kd_loss`` with ``reduction="batchmean"``; jsd with beta 0.5).
         generator: torch.Generator for the noise (default: torch's default generator).
 
     Example:
@@ -496,39 +539,75 @@ def adversarial_distillation_loss(
     check_float_tensor("gen_logits", gen_logits, op)
     if gen_logits.dim() != 2:
         raise ValueError(f"{op}: gen_logits must be [N, C], got {tuple(gen_logits.shape)}")
+    check_float_tensor("other_logits", other_logits, op)
+    check_same(op, "gen_logits", gen_logits, "other_logits", other_logits)
+    if other_logits.shape != gen_logits.shape:
+        raise ValueError(f"{op}: other_logits must have gen_logits' shape {tuple(gen_logits.shape)}, got "
+                         f"{tuple(other_logits.shape)}")
     check_float_tensor("d_label_logits", d_label_logits, op)
-    K = LOGITS_PER_ROW.get(parameterization)
-    if K is not None and (d_label_logits.dim() != 3 or d_label_logits.shape[:2] != gen_logits.shape
-                          or d_label_logits.shape[2] != K):
-        raise ValueError(f"{op}: d_label_logits must be [N, C, {K}] = [{gen_logits.shape[0]}, {gen_logits.shape[1]}, "
-                         f"{K}] for parameterization={parameterization!r}, got {tuple(d_label_logits.shape)}")
-    tau = float(tau)
-    if not (math.isfinite(tau) and tau > 0):
-        raise ValueError(f"{op}: tau must be a finite number > 0, got {tau}")
+    _check_choice(op, "parameterization", parameterization, PARAMETERIZATIONS)
+    _check_choice(op, "mode", mode, GEN_MODES)
+    _check_choice(op, "reduction", reduction, SOURCE_REDUCTIONS)
+    from .kd import DIVERGENCES
+
+    _check_choice(op, "divergence", divergence, DIVERGENCES)
+    K = LOGITS_PER_ROW[parameterization]
+    N, C = gen_logits.shape
+    if d_label_logits.dim() != 3 or tuple(d_label_logits.shape) != (N, C, K):
+        raise ValueError(f"{op}: d_label_logits must be [N, C, {K}] = [{N}, {C}, {K}] for "
+                         f"parameterization={parameterization!r}, got {tuple(d_label_logits.shape)}")
+    if d_label_logits.device != gen_logits.device:
+        raise ValueError(f"{op}: d_label_logits is on {d_label_logits.device} but gen_logits is on "
+                         f"{gen_logits.device}; move them to one device")
+    _check_source(op, source, gen_logits.shape[:1], gen_logits.device)
+    weights = _check_weights(op, weights)
     kd_weight = float(kd_weight)
     if not (math.isfinite(kd_weight) and kd_weight >= 0):
         raise ValueError(f"{op}: kd_weight must be a finite number >= 0, got {kd_weight}")
-    y = _gumbel_sample(op, gen_logits, tau, hard, generator)
+    temperature = float(temperature)
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"{op}: temperature must be a finite number > 0, got {temperature}")
+    if not isinstance(hard, bool):
+        raise TypeError(f"{op}: hard must be a bool, got {type(hard).__name__}")
+    if C == 0:
+        raise ValueError(f"{op}: gen_logits has no labels (C = 0); a Gumbel-Softmax sample needs C >= 1")
+    from .gumbel import _tau_tensor, draw_seed_offset
+
+    acc = torch.float64 if gen_logits.dtype == torch.float64 else torch.float32
+    tau_t = _tau_tensor(op, tau, gen_logits, acc)
+    if reduction == "none" or d_label_logits.dtype != gen_logits.dtype:
+        return _composition(gen_logits, other_logits, d_label_logits, source, tau_t, hard, weights, kd_weight,
+                            temperature, generator, mode, parameterization, reduction, divergence)
+    src = source.reshape(-1).long().contiguous()
+    backend = resolve(gen_logits.device)
+    if backend != "cpu":  # the CPU kernel checks source values itself (also under torch.compile)
+        _check_source_values(op, src, generator=True)
+    seed_offset = draw_seed_offset(op, generator, gen_logits.device)
+    if backend == "reference":
+        from ..reference.adversarial import adversarial_distillation_loss as ref
+
+        out = ref(gen_logits, other_logits, d_label_logits, src, seed_offset, tau=tau_t, hard=hard, weights=weights,
+                  kd_weight=kd_weight, temperature=temperature, mode=mode, parameterization=parameterization,
+                  reduction=reduction, divergence=divergence)
+        return out
+    return DistillFunction.apply(
+        gen_logits.contiguous(), other_logits.contiguous(), d_label_logits.contiguous(), src, tau_t, seed_offset,
+        hard, weights, PARAMETERIZATIONS[parameterization], GEN_MODES[mode], reduction == "mean", kd_weight,
+        temperature, DIVERGENCES[divergence], backend,
+    )
+
+
+def _composition(gen_logits, other_logits, d_label_logits, source, tau, hard, weights, kd_weight, temperature,
+                 generator, mode, parameterization, reduction, divergence):
+    """The unfused form: the public ops one after the other (same noise as the fused kernel)."""
+    from .gumbel import gumbel_softmax
+    from .kd import kd_loss
+
+    y = gumbel_softmax(gen_logits, tau, hard, -1, generator=generator)
     scores = label_conditioned_scores(d_label_logits, y.to(d_label_logits.dtype))
     adv = generator_loss(scores, source, mode=mode, weights=weights, parameterization=parameterization,
                          reduction=reduction)
     if kd_weight == 0:
         return adv
-    from .kd import kd_loss
-
     kd = kd_loss(gen_logits, other_logits, temperature=temperature, divergence=divergence)
     return adv + kd_weight * kd
-
-
-def _gumbel_sample(op, logits, tau, hard, generator):
-    """Gumbel-Softmax over the last dim: adkernels.gumbel_softmax where it exists, else the
-    reference Philox stream with a (seed, offset) drawn the same way."""
-    import adkernels
-
-    public = getattr(adkernels, "gumbel_softmax", None)
-    if public is not None:
-        return public(logits, tau, hard, -1, generator=generator)
-    from ..reference.gumbel import gumbel_softmax as ref_gumbel_softmax
-    from .gumbel import draw_seed_offset
-
-    return ref_gumbel_softmax(logits, draw_seed_offset(op, generator, logits.device), tau, hard, -1)

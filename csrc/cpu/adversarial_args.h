@@ -33,10 +33,31 @@ struct AdvBinaryArgs {
   AdvDType dtype;
 };
 
+// The fused ADIM generator step (adv_distill_fwd, csrc/ops.cpp): gen / other [N, C], d [N, C, K],
+// contiguous, one dtype. Noise of (n, c): stream index n * C + c of (seed, offset).
+struct AdvDistillArgs {
+  const void* gen;
+  const void* other;      // read only when kd_scale != 0
+  const void* d;
+  const int64_t* source;  // [N], values checked in {1, 2} before the kernel runs
+  void* rows;             // [N] float (double for Double)
+  void* grad_gen;         // [N, C] input dtype or nullptr
+  void* grad_other;       // [N, C] input dtype or nullptr
+  void* grad_d;           // [N, C, K] input dtype or nullptr
+  int64_t N, C, K;
+  int64_t param, mode, divergence;
+  double scale[3];        // per-source row factor of the generator loss
+  double tau, kd_scale, temperature;  // kd_scale = kd_weight / N (0: no KD term)
+  uint64_t seed, offset;
+  bool hard;
+  AdvDType dtype;
+};
+
 // Elements per partial sum of a reduced binary loss (also the fake kernels' contract).
 constexpr int64_t kAdvChunk = 4096;
 
 using AdvSourceFn = void (*)(const AdvSourceArgs&, int64_t begin, int64_t end);
 using AdvBinaryFn = void (*)(const AdvBinaryArgs&, int64_t chunk_begin, int64_t chunk_end);
+using AdvDistillFn = void (*)(const AdvDistillArgs&, int64_t begin, int64_t end);
 
 }  // namespace adkernels::cpu
