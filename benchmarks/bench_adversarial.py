@@ -1,4 +1,5 @@
-"""Benchmark of ``adkernels.discriminator_loss`` and ``adkernels.binary_adversarial_loss``.
+"""Benchmark of ``adkernels.discriminator_loss``, ``adkernels.binary_adversarial_loss`` and the fused
+ADIM generator step ``adkernels.adversarial_distillation_loss``.
 
     python benchmarks/bench_adversarial.py [--quick] [--device cpu|cuda] [--out benchmarks/results]
 
@@ -13,8 +14,18 @@ Part 1, three-way discriminator loss, forward + backward, at N = 1M rows (quick:
 Part 2, binary_adversarial_loss (bce discriminator with one-sided smoothing 0.9, and
 relativistic), M = 1M real and 1M fake scores (quick: 16384), same four columns (eager:
 ``F.binary_cross_entropy_with_logits`` twice / on r - f).
+Part 3, adversarial_distillation_loss (the ADIM student step: Gumbel-Softmax sample at tau 1, D's
+per-label logits [N, C, 3] scoring it, three-way minimax generator loss, KL at T = 3, weight 1),
+forward + backward to the student logits and D, N = 4096, C = 10 / 1000 / 32000 fp32 (quick:
+smaller):
+  fused     adkernels.adversarial_distillation_loss (one kernel)
+  composed  the separate adkernels ops: gumbel_softmax, label_conditioned_scores, generator_loss,
+            kd_loss
+  eager     F.gumbel_softmax + torch.bmm + log_softmax / gather / per-source means + F.kl_div
+  compile   torch.compile of eager; floor: read s, t, d and write ds, dd at the copy bandwidth
 Before timing, fused results are checked against the eager composition (fp32 on upcast
-inputs); a mismatch stops the benchmark.
+inputs; part 3: against the composed ops with the same noise, as eager's noise differs); a
+mismatch stops the benchmark.
 
 Target (printed PASS/MISS): discriminator_loss softmax fp32 at N = 1M is >= 3x faster than eager.
 Results: adversarial[_quick].csv and bench_adversarial[_quick].png under --out.
@@ -105,12 +116,18 @@ def _check(fused_fn, eager_fn, inputs, label):
     return loss_err, grad_err
 
 
-def bench_case(name, label, inputs, fused_fn, eager_fn, floor_bytes, device, *, repeats, use_compile):
-    grad_inputs = [x for x in inputs if x.is_floating_point()]
+def bench_case(name, label, inputs, fused_fn, eager_fn, floor_bytes, device, *, repeats, use_compile,
+               grad_inputs=None, composed_fn=None, check=None):
+    """fused vs eager (vs torch.compile of eager, vs composed_fn: the separate adkernels ops) vs
+    the floor; ``check()`` (default: fused against eager on fp32 inputs) returns (loss, grad) errors."""
+    if grad_inputs is None:
+        grad_inputs = [x for x in inputs if x.is_floating_point()]
     variants = {
         "fused": lambda: _grads(fused_fn(*inputs), grad_inputs),
         "eager": lambda: _grads(eager_fn(*inputs), grad_inputs),
     }
+    if composed_fn is not None:
+        variants["composed"] = lambda: _grads(composed_fn(*inputs), grad_inputs)
     compile_s = float("nan")
     if use_compile:
         torch._dynamo.reset()
@@ -119,7 +136,7 @@ def bench_case(name, label, inputs, fused_fn, eager_fn, floor_bytes, device, *, 
         _grads(compiled(*inputs), grad_inputs)
         compile_s = time.perf_counter() - t0
         variants["compile"] = lambda: _grads(compiled(*inputs), grad_inputs)
-    loss_err, grad_err = _check(fused_fn, eager_fn, inputs, label)
+    loss_err, grad_err = check() if check is not None else _check(fused_fn, eager_fn, inputs, label)
     variants["fused_fwd"] = lambda: fused_fn(*inputs)
     copy_fn, copy_bytes = copy_probe(floor_bytes, device)
     variants["copy"] = copy_fn
@@ -134,9 +151,11 @@ def bench_case(name, label, inputs, fused_fn, eager_fn, floor_bytes, device, *, 
         "floor_ms": floor_ms,
         "eager/fused": times["eager"].median / times["fused"].median,
         "compile/fused": times["compile"].median / times["fused"].median if "compile" in times else float("nan"),
+        "composed_ms": times["composed"].median if "composed" in times else float("nan"),
+        "composed/fused": times["composed"].median / times["fused"].median if "composed" in times else float("nan"),
         "fused/floor": times["fused"].median / floor_ms,
         "copy_GBps": copy_bps / 1e9,
-        "max_spread": max(times[k].spread for k in ("fused", "eager", "compile", "copy") if k in times),
+        "max_spread": max(times[k].spread for k in ("fused", "eager", "compile", "composed", "copy") if k in times),
         "compile_s": compile_s, "loss_err": loss_err, "grad_err": grad_err,
     }
     if use_compile:
@@ -167,6 +186,70 @@ def binary_case(M, kind, dtype, device, *, repeats, use_compile, seed=0):
                       use_compile=use_compile)
 
 
+# ---- part 3: the fused ADIM generator step ----------------------------------------------------
+
+ADIM = dict(tau=1.0, weights=(1.0, 1.0, 1.0), kd_weight=1.0, temperature=3.0)
+
+
+def eager_adim(s, t, d, src):
+    """The ADIM student step as people write it in PyTorch: F.gumbel_softmax, a batched product
+    with D's per-label logits, the three-way log-softmax generator loss (per-source means), KL."""
+    y = F.gumbel_softmax(s.float(), tau=ADIM["tau"])
+    scores = torch.bmm(y.unsqueeze(1), d.float()).squeeze(1)
+    own = F.log_softmax(scores, dim=-1).gather(1, src[:, None]).squeeze(1)
+    adv = scores.new_zeros(())
+    for i, w in enumerate(ADIM["weights"]):
+        if i:
+            m = src == i
+            adv = adv + w * torch.where(m, own, 0.0).sum() / m.sum().clamp(min=1)
+    T = ADIM["temperature"]
+    kd = F.kl_div(F.log_softmax(s.float() / T, -1), F.log_softmax(t.float() / T, -1), log_target=True,
+                  reduction="batchmean") * T * T
+    return adv + ADIM["kd_weight"] * kd
+
+
+def fused_adim(s, t, d, src):
+    return adkernels.adversarial_distillation_loss(s, t, d, src, **ADIM)
+
+
+def composed_adim(s, t, d, src):
+    """The same step through the separate adkernels ops (gumbel_softmax, label_conditioned_scores,
+    generator_loss, kd_loss)."""
+    from adkernels.ops.adversarial import _composition
+
+    tau = torch.tensor(ADIM["tau"])
+    return _composition(s, t, d, src, tau, False, ADIM["weights"], ADIM["kd_weight"], ADIM["temperature"], None,
+                        "minimax", "softmax", "mean", "kl")
+
+
+def adim_case(N, C, dtype, device, *, repeats, use_compile, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    s = (torch.randn(N, C, generator=g) * 2).to(dtype).to(device).requires_grad_()
+    t = (torch.randn(N, C, generator=g) * 2).to(dtype).to(device)
+    d = torch.randn(N, C, 3, generator=g).to(dtype).to(device).requires_grad_()
+    src = torch.randint(1, 3, (N,), generator=g).to(device)
+    floor_bytes = N * C * (3 + 2 * 3) * s.element_size()  # read s, t, d; write ds, dd
+
+    def check():  # fused against the composition with the same noise (eager's noise differs)
+        torch.manual_seed(1)
+        lf = fused_adim(s, t, d, src)
+        gf = _grads(lf, [s, d])
+        torch.manual_seed(1)
+        lc = composed_adim(s, t, d, src)
+        gc = _grads(lc, [s, d])
+        loss_err = abs(lf.item() - lc.item()) / max(abs(lc.item()), 1e-30)
+        grad_err = max(_rel_err(a, b) for a, b in zip(gf, gc))
+        tol = 1e-4 if dtype == torch.float32 else 3e-2
+        if loss_err > tol or grad_err > tol:
+            raise SystemExit(f"FAIL adim N={N} C={C}: fused vs composed loss err {loss_err:.3g}, grad err {grad_err:.3g}")
+        return loss_err, grad_err
+
+    label = f"N={N} C={C} {dtype_name(dtype)}"
+    return bench_case("adversarial_distillation_loss", label, [s, t, d, src], fused_adim, eager_adim, floor_bytes,
+                      device, repeats=repeats, use_compile=use_compile, grad_inputs=[s, d], composed_fn=composed_adim,
+                      check=check)
+
+
 def plot(rows, path, title):
     import matplotlib
 
@@ -174,12 +257,12 @@ def plot(rows, path, title):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(11, 4.8))
-    series = [("fused_ms", "fused adkernels"), ("eager_ms", "eager PyTorch"), ("compile_ms", "torch.compile"),
-              ("floor_ms", "bandwidth floor")]
+    series = [("fused_ms", "fused adkernels"), ("composed_ms", "separate adkernels ops"),
+              ("eager_ms", "eager PyTorch"), ("compile_ms", "torch.compile"), ("floor_ms", "bandwidth floor")]
     width = 0.8 / len(series)
     for i, (key, name) in enumerate(series):
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(rows))]
-        ax.bar(xs, [r[key] for r in rows], width, label=name)
+        ax.bar(xs, [r.get(key, float("nan")) for r in rows], width, label=name)
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels([f"{r['op'].replace('_loss', '')}\n{r['case']}" for r in rows], fontsize=7)
     ax.set_yscale("log")
@@ -225,12 +308,19 @@ def main(argv=None):
         rows.append(binary_case(N, kind, torch.float32, device, repeats=repeats, use_compile=use_compile))
         print(f"  {rows[-1]['op']} {rows[-1]['case']}: fused {fmt(rows[-1]['fused_ms'])} ms, eager "
               f"{fmt(rows[-1]['eager_ms'])} ms", flush=True)
+    adim_shapes = [(512, 10), (512, 100), (64, 1000)] if args.quick else [(4096, 10), (4096, 1000), (4096, 32000)]
+    for n_rows, C in adim_shapes:
+        r = adim_case(n_rows, C, torch.float32, device, repeats=min(repeats, 3) if C >= 32000 else repeats,
+                      use_compile=use_compile)
+        rows.append(r)
+        print(f"  {r['op']} {r['case']}: fused {fmt(r['fused_ms'])} ms, composed {fmt(r['composed_ms'])} ms, "
+              f"eager {fmt(r['eager_ms'])} ms", flush=True)
     for r in rows:
         r["load_avg_1m"] = info["load_avg_1m"]
         r["commit"] = info["commit"]
         r["threads"] = info["threads"]
-    cols = ["op", "case", "fused_ms", "eager_ms", "compile_ms", "floor_ms", "eager/fused", "compile/fused",
-            "fused/floor", "fused_fwd_ms", "copy_GBps", "max_spread"]
+    cols = ["op", "case", "fused_ms", "composed_ms", "eager_ms", "compile_ms", "floor_ms", "composed/fused",
+            "eager/fused", "compile/fused", "fused/floor", "fused_fwd_ms", "copy_GBps", "max_spread"]
     print_table(rows, cols, "forward + backward (median ms)")
     csv_path = write_csv(rows, out / f"adversarial{suffix}.csv")
     png = out / f"bench_adversarial{suffix}.png"

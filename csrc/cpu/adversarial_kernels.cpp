@@ -231,17 +231,20 @@ void adv_binary_chunks(const AdvBinaryArgs& a, int64_t chunk_begin, int64_t chun
 
 // ---- the fused ADIM generator step -------------------------------------------------------------
 //
-// One row at a time (rows in parallel); per-thread row buffers in acc_t stay in L2 (C = 32000:
-// z / exp, the KD exponentials and b are 128 KB each). Passes over the row:
+// One row at a time (rows in parallel). The row's gen / other logits are copied (converted) into
+// per-thread acc_t buffers padded to whole vectors with -inf, so every label loop runs on full
+// Vectorized registers, short rows (C = 10) included: a padded label has z = -inf, exp 0 and
+// p = 0, and adds nothing to any sum (kd_math's p > 0 guards). The buffers stay in L2 (C = 32000:
+// 128 KB each). Passes over the row:
 //   A  Philox noise (four uniforms per call), z = (x + g) / tau into zb and its max; KD maxima
 //   B  zb = exp(z - max) and its sum (y_soft = zb / sum); KD exponentials and sums
 //   C  scores s_k = sum_c y_c d_ck (hard: the argmax label's d row); KD divergence sums;
 //      then the row's generator loss and a = dl/ds (adv_source_row)
 //   D  grad_d = y_c a_k; b_c = sum_k a_k d_ck into bb (d is read a second time, from cache)
-//   E  grad_gen = y_soft (b - sum y_soft b) / tau + KD, grad_other = KD
-// d is [C, K] interleaved: in C and D a vector of K * W consecutive elements holds W labels, and
-// the k of lane l of its i-th register is (i W + l) % K, the same in every block, so y and a are
-// spread to that pattern (y3, pat) and the sums are taken per register, then per k.
+//   E  grad_gen = y_soft (b - sum y_soft b) / tau + KD, grad_other = KD (into buffers, then
+//      copied / converted to the outputs)
+// d is [C, K] interleaved: the loops over it (C, D and b) are `omp simd` loops with stride-K
+// accesses, which the compiler vectorizes with permutes.
 template <typename scalar_t, int K>
 void distill_rows_k(const AdvDistillArgs& a, int64_t begin, int64_t end) {
   using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -250,27 +253,28 @@ void distill_rows_k(const AdvDistillArgs& a, int64_t begin, int64_t end) {
   constexpr int64_t W = Vec::size();
   constexpr int64_t LC = 512;  // labels per chunk of d (a multiple of W)
   constexpr int64_t KL = K * LC;
-  const int64_t C = a.C;
+  const int64_t C = a.C, Cp = (C + W - 1) / W * W;
   const bool kd = a.kd_scale != 0.0;
-  const acc_t inv_tau = static_cast<acc_t>(1.0 / a.tau);
-  const acc_t T = static_cast<acc_t>(a.temperature), invT = acc_t(1) / T, beta(0.5);
+  const Vec inv_tau(static_cast<acc_t>(1.0 / a.tau));
+  const acc_t T = static_cast<acc_t>(a.temperature), beta(0.5);
+  const Vec invT(acc_t(1) / T), vbeta(beta), one(1);
   const acc_t kd_scale = static_cast<acc_t>(a.kd_scale);
   const int64_t div = a.divergence;
   const acc_t inf = std::numeric_limits<acc_t>::infinity();
 
-  std::vector<acc_t> buf(C * (kConvert ? 8 : 4) + 3 * KL + kPhiloxChunk + 8);
-  acc_t* zb = buf.data();
-  acc_t* es = zb + C;
-  acc_t* et = es + C;
-  acc_t* bb = et + C;
-  acc_t* xs = bb + C;                       // converted gen / other, fp32 gradients (low precision)
-  acc_t* os = kConvert ? xs + C : nullptr;
-  acc_t* gbuf = kConvert ? os + C : nullptr;
-  acc_t* obuf = kConvert ? gbuf + C : nullptr;
-  acc_t* dbuf = kConvert ? obuf + C : xs;   // a converted chunk of d
-  acc_t* y3 = dbuf + KL;                    // y spread to d's layout
-  acc_t* ddb = y3 + KL;                     // a chunk of grad_d (low precision)
-  acc_t* ub = ddb + KL;                     // uniforms
+  std::vector<acc_t> buf(8 * Cp + 2 * KL + kPhiloxChunk + 8, acc_t(0));
+  acc_t* xs = buf.data();  // gen logits, -inf padded
+  acc_t* os = xs + Cp;     // other logits, -inf padded
+  acc_t* zb = os + Cp;     // z, then exp(z - max)
+  acc_t* es = zb + Cp;     // KD exponentials
+  acc_t* et = es + Cp;
+  acc_t* bb = et + Cp;     // b (0 in the padding)
+  acc_t* gbuf = bb + Cp;   // grad_gen, grad_other rows
+  acc_t* obuf = gbuf + Cp;
+  acc_t* dbuf = obuf + Cp;  // a converted chunk of d (low precision)
+  acc_t* ddb = dbuf + KL;   // a chunk of grad_d (low precision)
+  acc_t* ub = ddb + KL;     // uniforms
+  for (int64_t j = C; j < Cp; ++j) xs[j] = os[j] = -inf;
 
   const auto* gen = static_cast<const scalar_t*>(a.gen);
   const auto* other = static_cast<const scalar_t*>(a.other);
@@ -280,7 +284,21 @@ void distill_rows_k(const AdvDistillArgs& a, int64_t begin, int64_t end) {
   auto* go_out = static_cast<scalar_t*>(a.grad_other);
   auto* gd_out = static_cast<scalar_t*>(a.grad_d);
 
-  // d (converted) of labels [c0, c0 + len) of row n
+  auto to_acc = [](const scalar_t* src, acc_t* dst, int64_t len) {
+    if constexpr (kConvert) {
+      at::vec::convert(src, dst, len);
+    } else {
+      std::memcpy(dst, src, sizeof(acc_t) * len);
+    }
+  };
+  auto from_acc = [](const acc_t* src, scalar_t* dst, int64_t len) {
+    if constexpr (kConvert) {
+      at::vec::convert(src, dst, len);
+    } else {
+      std::memcpy(dst, src, sizeof(acc_t) * len);
+    }
+  };
+  // d (converted) of labels [c0, c0 + len) of a row
   auto d_chunk = [&](const scalar_t* d_row, int64_t c0, int64_t len) -> const acc_t* {
     if constexpr (kConvert) {
       at::vec::convert(d_row + c0 * K, dbuf, len * K);
@@ -289,102 +307,62 @@ void distill_rows_k(const AdvDistillArgs& a, int64_t begin, int64_t end) {
       return d_row + c0 * K;
     }
   };
-  // y3[c K + k] = y[c] * scale for labels [c0, c0 + len)
-  auto spread = [&](const acc_t* y, int64_t c0, int64_t len, acc_t scale) {
-    for (int64_t c = 0; c < len; ++c) {
-      const acc_t v = y[c0 + c] * scale;
-      for (int k = 0; k < K; ++k) y3[c * K + k] = v;
-    }
-  };
+  auto hsum_v = [](const Vec& v) { return hsum(v); };
 
   for (int64_t n = begin; n < end; ++n) {
-    const scalar_t* x_in = gen + n * C;
-    const scalar_t* o_in = kd ? other + n * C : nullptr;
     const scalar_t* d_row = d_all + n * C * K;
-    const acc_t* x;
-    const acc_t* o = nullptr;
-    if constexpr (kConvert) {
-      at::vec::convert(x_in, xs, C);
-      x = xs;
-      if (kd) {
-        at::vec::convert(o_in, os, C);
-        o = os;
-      }
-    } else {
-      x = x_in;
-      o = o_in;
-    }
+    to_acc(gen + n * C, xs, C);
+    if (kd) to_acc(other + n * C, os, C);
 
     // A: noisy logits and maxima
     Vec vmz(-inf), vmx(-inf), vmo(-inf);
-    acc_t mz = -inf, mx = -inf, mo = -inf;
     for (int64_t c0 = 0; c0 < C; c0 += kPhiloxChunk) {
       const int64_t len = std::min(kPhiloxChunk, C - c0);
       const acc_t* u = uniforms(a.seed, a.offset, n * C + c0, len, ub);
-      for_each_elem<acc_t>(len, [&](auto tag, int64_t j) {
-        using VT = typename std::decay_t<decltype(load(tag, u))>;
-        const VT z = gumbel_logit(load(tag, x + c0 + j), gumbel_of_uniform(load(tag, u + j)), VT(inv_tau));
-        store(zb + c0 + j, z);
-        if constexpr (std::is_same_v<VT, Vec>) {
-          vmz = ad_max(vmz, z);
-          if (kd) {
-            vmx = ad_max(vmx, load(tag, x + c0 + j));
-            vmo = ad_max(vmo, load(tag, o + c0 + j));
-          }
-        } else {
-          mz = ad_max(mz, z);
-          if (kd) {
-            mx = ad_max(mx, load(tag, x + c0 + j));
-            mo = ad_max(mo, load(tag, o + c0 + j));
-          }
+      for (int64_t j = 0; j < len; j += W) {
+        // past the row's end: u = 0 (g = -inf) and x = -inf, so z = -inf
+        const Vec g = gumbel_of_uniform(Vec::loadu(u + j, static_cast<int>(std::min<int64_t>(W, len - j))));
+        const Vec x = Vec::loadu(xs + c0 + j);
+        const Vec z = gumbel_logit(x, g, inv_tau);
+        z.store(zb + c0 + j);
+        vmz = ad_max(vmz, z);
+        if (kd) {
+          vmx = ad_max(vmx, x);
+          vmo = ad_max(vmo, Vec::loadu(os + c0 + j));
         }
-      });
+      }
     }
-    mz = ad_max(mz, hmax(vmz));
-    mx = ad_max(mx, hmax(vmx));
-    mo = ad_max(mo, hmax(vmo));
+    const acc_t mz = hmax(vmz);
     int64_t arg = 0;
     if (a.hard) {
       while (arg < C - 1 && !(zb[arg] == mz)) ++arg;
     }
+    const Vec vmzb(mz), vmxb(kd ? hmax(vmx) : acc_t(0)), vmob(kd ? hmax(vmo) : acc_t(0));
 
     // B: exponentials and sums
     Vec vsz(0), vss(0), vst(0);
-    acc_t sz = 0, ss = 0, st = 0;
-    for_each_elem<acc_t>(C, [&](auto tag, int64_t j) {
-      using VT = typename std::decay_t<decltype(load(tag, zb))>;
-      const VT e = ad_exp(load(tag, zb + j) - VT(mz));
-      store(zb + j, e);
-      VT e_s(0), e_t(0);
+    for (int64_t j = 0; j < Cp; j += W) {
+      const Vec e = ad_exp(Vec::loadu(zb + j) - vmzb);
+      e.store(zb + j);
+      vsz = vsz + e;
       if (kd) {
-        e_s = ad_exp((load(tag, x + j) - VT(mx)) * VT(invT));
-        e_t = ad_exp((load(tag, o + j) - VT(mo)) * VT(invT));
-        store(es + j, e_s);
-        store(et + j, e_t);
-      }
-      if constexpr (std::is_same_v<VT, Vec>) {
-        vsz = vsz + e;
+        const Vec e_s = ad_exp((Vec::loadu(xs + j) - vmxb) * invT);
+        const Vec e_t = ad_exp((Vec::loadu(os + j) - vmob) * invT);
+        e_s.store(es + j);
+        e_t.store(et + j);
         vss = vss + e_s;
         vst = vst + e_t;
-      } else {
-        sz += e;
-        ss += e_s;
-        st += e_t;
       }
-    });
-    sz += hsum(vsz);
-    ss += hsum(vss);
-    st += hsum(vst);
-    const acc_t inv_sz = acc_t(1) / sz;
-    const acc_t inv_ss = kd ? acc_t(1) / ss : acc_t(0), inv_st = kd ? acc_t(1) / st : acc_t(0);
-    const acc_t log_ss = kd ? ad_log(ss) : acc_t(0), log_st = kd ? ad_log(st) : acc_t(0);
-    // the KD probabilities and log-probabilities of an element
-    auto kd_elem = [&](auto tag, int64_t j, auto& ps, auto& pt, auto& lps, auto& lpt) {
-      using VT = std::decay_t<decltype(ps)>;
-      ps = load(tag, es + j) * VT(inv_ss);
-      pt = load(tag, et + j) * VT(inv_st);
-      lps = (load(tag, x + j) - VT(mx)) * VT(invT) - VT(log_ss);
-      lpt = (load(tag, o + j) - VT(mo)) * VT(invT) - VT(log_st);
+    }
+    const acc_t inv_sz = acc_t(1) / hsum_v(vsz);
+    const acc_t ss = kd ? hsum_v(vss) : acc_t(1), st = kd ? hsum_v(vst) : acc_t(1);
+    const Vec inv_ss(acc_t(1) / ss), inv_st(acc_t(1) / st), log_ss(ad_log(ss)), log_st(ad_log(st));
+    // the KD probabilities and log-probabilities of the labels of register j
+    auto kd_elem = [&](int64_t j, Vec& ps, Vec& pt, Vec& lps, Vec& lpt) {
+      ps = Vec::loadu(es + j) * inv_ss;
+      pt = Vec::loadu(et + j) * inv_st;
+      lps = (Vec::loadu(xs + j) - vmxb) * invT - log_ss;
+      lpt = (Vec::loadu(os + j) - vmob) * invT - log_st;
     };
 
     // C: scores and the KD divergence sums
@@ -393,41 +371,32 @@ void distill_rows_k(const AdvDistillArgs& a, int64_t begin, int64_t end) {
       const acc_t* dv = d_chunk(d_row, arg, 1);
       for (int k = 0; k < K; ++k) s[k] = dv[k];
     } else {
-      Vec acc[K];
-      for (int i = 0; i < K; ++i) acc[i] = Vec(0);
       for (int64_t c0 = 0; c0 < C; c0 += LC) {
-        const int64_t len = std::min(LC, C - c0), L = len * K;
+        const int64_t len = std::min(LC, C - c0);
         const acc_t* dv = d_chunk(d_row, c0, len);
-        spread(zb, c0, len, inv_sz);
-        for (int64_t j0 = 0; j0 < L; j0 += K * W) {
-          for (int i = 0; i < K; ++i) {
-            const int64_t j = j0 + i * W, m = std::min<int64_t>(W, L - j);
-            if (m <= 0) break;
-            acc[i] = acc[i] + Vec::loadu(y3 + j, m) * Vec::loadu(dv + j, m);
-          }
+        const acc_t* y = zb + c0;
+        acc_t s0 = 0, s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2)
+        for (int64_t c = 0; c < len; ++c) {
+          s0 += y[c] * dv[c * K];
+          s1 += y[c] * dv[c * K + 1];
+          if constexpr (K == 3) s2 += y[c] * dv[c * K + 2];
         }
-      }
-      for (int i = 0; i < K; ++i) {
-        alignas(64) acc_t lanes[W];
-        acc[i].store(lanes);
-        for (int64_t l = 0; l < W; ++l) s[(i * W + l) % K] += lanes[l];
+        s[0] += s0 * inv_sz;
+        s[1] += s1 * inv_sz;
+        s[2] += s2 * inv_sz;
       }
     }
     acc_t kd_t = 0, kd_s = 0;
     if (kd) {
       Vec vat(0), vas(0);
-      for_each_elem<acc_t>(C, [&](auto tag, int64_t j) {
-        using VT = typename std::decay_t<decltype(load(tag, zb))>;
-        VT ps, pt, lps, lpt;
-        kd_elem(tag, j, ps, pt, lps, lpt);
-        if constexpr (std::is_same_v<VT, Vec>) {
-          kd_div_terms(div, ps, pt, lps, lpt, Vec(beta), Vec(1), vat, vas);
-        } else {
-          kd_div_terms(div, ps, pt, lps, lpt, beta, acc_t(1), kd_t, kd_s);
-        }
-      });
-      kd_t += hsum(vat);
-      kd_s += hsum(vas);
+      for (int64_t j = 0; j < Cp; j += W) {
+        Vec ps, pt, lps, lpt;
+        kd_elem(j, ps, pt, lps, lpt);
+        kd_div_terms(div, ps, pt, lps, lpt, vbeta, one, vat, vas);
+      }
+      kd_t = hsum_v(vat);
+      kd_s = hsum_v(vas);
     }
     const int64_t src = a.source[n];
     const acc_t m[3] = {acc_t(src == 0), acc_t(src == 1), acc_t(src == 2)};
@@ -443,74 +412,60 @@ void distill_rows_k(const AdvDistillArgs& a, int64_t begin, int64_t end) {
         std::memset(static_cast<void*>(gd), 0, sizeof(scalar_t) * C * K);
         for (int k = 0; k < K; ++k) gd[arg * K + k] = static_cast<scalar_t>(av[k]);
       } else {
-        Vec pat[K];
-        for (int i = 0; i < K; ++i) {
-          alignas(64) acc_t lanes[W];
-          for (int64_t l = 0; l < W; ++l) lanes[l] = av[(i * W + l) % K];
-          pat[i] = Vec::loadu(lanes);
-        }
+        const acc_t a0 = av[0] * inv_sz, a1 = av[1] * inv_sz, a2 = av[2] * inv_sz;
         for (int64_t c0 = 0; c0 < C; c0 += LC) {
-          const int64_t len = std::min(LC, C - c0), L = len * K;
-          spread(zb, c0, len, inv_sz);
+          const int64_t len = std::min(LC, C - c0);
           acc_t* out;
           if constexpr (kConvert) {
             out = ddb;
           } else {
             out = gd + c0 * K;
           }
-          for (int64_t j0 = 0; j0 < L; j0 += K * W) {
-            for (int i = 0; i < K; ++i) {
-              const int64_t j = j0 + i * W, mm = std::min<int64_t>(W, L - j);
-              if (mm <= 0) break;
-              (Vec::loadu(y3 + j, mm) * pat[i]).store(out + j, mm);
-            }
+          const acc_t* y = zb + c0;
+#pragma omp simd
+          for (int64_t c = 0; c < len; ++c) {
+            out[c * K] = y[c] * a0;
+            out[c * K + 1] = y[c] * a1;
+            if constexpr (K == 3) out[c * K + 2] = y[c] * a2;
           }
-          if constexpr (kConvert) at::vec::convert(ddb, gd + c0 * K, L);
+          if constexpr (kConvert) at::vec::convert(ddb, gd + c0 * K, len * K);
         }
       }
     }
     if (!gg_out && !go_out) continue;
-    acc_t sb = 0;
+    Vec sb(0);
     if (gg_out) {
       for (int64_t c0 = 0; c0 < C; c0 += LC) {
         const int64_t len = std::min(LC, C - c0);
         const acc_t* dv = d_chunk(d_row, c0, len);
+#pragma omp simd
         for (int64_t c = 0; c < len; ++c) {
           bb[c0 + c] = adv_distill_b(av[0], av[1], av[2], dv[c * K], dv[c * K + 1],
                                      K == 3 ? dv[c * K + K - 1] : acc_t(0));
         }
       }
       Vec vsb(0);
-      for_each_elem<acc_t>(C, [&](auto tag, int64_t j) {
-        using VT = typename std::decay_t<decltype(load(tag, zb))>;
-        const VT t = load(tag, zb + j) * load(tag, bb + j);
-        if constexpr (std::is_same_v<VT, Vec>) vsb = vsb + t; else sb += t;
-      });
-      sb = (sb + hsum(vsb)) * inv_sz;
+      for (int64_t j = 0; j < Cp; j += W) vsb = vsb + Vec::loadu(zb + j) * Vec::loadu(bb + j);
+      sb = Vec(hsum_v(vsb) * inv_sz);
     }
 
     // E: grad_gen, grad_other
-    acc_t* gg = !gg_out ? nullptr : kConvert ? gbuf : reinterpret_cast<acc_t*>(gg_out + n * C);
-    acc_t* go = !go_out ? nullptr : kConvert ? obuf : reinterpret_cast<acc_t*>(go_out + n * C);
-    const acc_t kdg = kd_scale * T;
-    for_each_elem<acc_t>(C, [&](auto tag, int64_t j) {
-      using VT = typename std::decay_t<decltype(load(tag, zb))>;
-      VT ds(0), dt(0);
+    const Vec kdg(kd_scale * T), vinv_sz(inv_sz);
+    for (int64_t j = 0; j < Cp; j += W) {
+      Vec ds(0), dt(0);
       if (kd) {
-        VT ps, pt, lps, lpt;
-        kd_elem(tag, j, ps, pt, lps, lpt);
-        kd_div_grads(div, ps, pt, lps, lpt, VT(beta), VT(1), VT(kd_t), VT(kd_s), ds, dt);
+        Vec ps, pt, lps, lpt;
+        kd_elem(j, ps, pt, lps, lpt);
+        kd_div_grads(div, ps, pt, lps, lpt, vbeta, one, Vec(kd_t), Vec(kd_s), ds, dt);
       }
-      if (gg) {
-        store(gg + j, adv_distill_grad_gen(load(tag, zb + j) * VT(inv_sz), load(tag, bb + j), VT(sb), VT(inv_tau),
-                                           VT(kdg) * ds));
+      if (gg_out) {
+        adv_distill_grad_gen(Vec::loadu(zb + j) * vinv_sz, Vec::loadu(bb + j), sb, inv_tau, kdg * ds)
+            .store(gbuf + j);
       }
-      if (go) store(go + j, VT(kdg) * dt);
-    });
-    if constexpr (kConvert) {
-      if (gg) at::vec::convert(gg, gg_out + n * C, C);
-      if (go) at::vec::convert(go, go_out + n * C, C);
+      if (go_out) (kdg * dt).store(obuf + j);
     }
+    if (gg_out) from_acc(gbuf, gg_out + n * C, C);
+    if (go_out) from_acc(obuf, go_out + n * C, C);
   }
 }
 
