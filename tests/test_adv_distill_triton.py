@@ -229,3 +229,18 @@ def test_opcheck():
     x, o, d, src, so = make(3, 5, "binary_tree", torch.float32, seed=15)
     args = (x, o, d, src, torch.tensor(0.9), so, True, *WEIGHTS, 1, 2, True, 0.5, 2.0, 2, True, True, True)
     torch.library.opcheck(OP.default, args)
+
+
+def test_matches_the_cpu_op():
+    if DEVICE != "cpu" or not torch._C._dispatch_has_kernel_for_dispatch_key("adkernels::adv_distill_fwd", "CPU"):
+        pytest.skip("needs CPU tensors and the CPU kernel of adv_distill_fwd")
+    for dtype, hard, param, kd, div in [(torch.float64, False, "softmax", 0.7, "jsd"),
+                                        (torch.float32, True, "binary_tree", 0.0, "kl")]:
+        x, o, d, src, so = make(4, 37, param, dtype, seed=16)
+        args = (hard, *WEIGHTS, PARAMS[param], 2, True, kd, 1.5, DIVS[div], True, True, True)
+        tau = torch.tensor(0.6, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+        got = OP(x, o, d, src, tau, so, *args)
+        want = torch.ops.adkernels.adv_distill_fwd(x, o, d, src, tau, so, *args)
+        tol = 1e-12 if dtype == torch.float64 else 1e-6
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, atol=tol, rtol=tol)
