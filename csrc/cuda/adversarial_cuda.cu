@@ -478,11 +478,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> adv_distill_fwd_cuda(
     auto* gdp = grad_d ? gd.mutable_data_ptr<scalar_t>() : nullptr;
     const unsigned grid = static_cast<unsigned>(N);
     if (C >= 2048) {
-      adv_distill_kernel<scalar_t, acc_t, 512><<<grid, 512, 0, stream>>>(xp, op_, dp, sp, cp, tp, sop, rp, ggp, gop, gdp, p);
+      adv_distill_kernel<scalar_t, acc_t, 512>
+          <<<grid, 512, 0, stream>>>(xp, op_, dp, sp, cp, tp, sop, rp, ggp, gop, gdp, p);
     } else if (C >= 256) {
-      adv_distill_kernel<scalar_t, acc_t, 128><<<grid, 128, 0, stream>>>(xp, op_, dp, sp, cp, tp, sop, rp, ggp, gop, gdp, p);
+      adv_distill_kernel<scalar_t, acc_t, 128>
+          <<<grid, 128, 0, stream>>>(xp, op_, dp, sp, cp, tp, sop, rp, ggp, gop, gdp, p);
     } else {
-      adv_distill_kernel<scalar_t, acc_t, 32><<<grid, 32, 0, stream>>>(xp, op_, dp, sp, cp, tp, sop, rp, ggp, gop, gdp, p);
+      adv_distill_kernel<scalar_t, acc_t, 32>
+          <<<grid, 32, 0, stream>>>(xp, op_, dp, sp, cp, tp, sop, rp, ggp, gop, gdp, p);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
