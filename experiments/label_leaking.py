@@ -22,6 +22,7 @@ Appends one JSON line per (method, seed) to ``--out``/runs.jsonl and writes
     python experiments/label_leaking.py --quick    # seconds
 """
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -77,8 +78,13 @@ def main(argv=None):
     p.add_argument("--eps", type=float, default=0.3)
     p.add_argument("--eps-ramp", type=int, default=2, help="epochs of linear eps ramp-up (0: none)")
     p.add_argument("--probe-n", type=int, default=2000, help="held-out digits for the probe (half fit, half score)")
+    p.add_argument("--pgd-check", type=int, default=0, metavar="N",
+                   help="only evaluate the finished runs' models under PGD-40 (eps, step 0.01, random start) on "
+                        "the first N held-out digits; writes --out/pgd_check.jsonl")
     p.add_argument("--quick", action="store_true", help="tiny run (seconds), results under --out only")
     a = p.parse_args(argv)
+    if a.pgd_check:
+        return pgd_check(a)
     if a.quick:
         a.data, a.n_train, a.epochs, a.eps, a.eps_ramp, a.probe_n = "digits", 200, 2, 0.1, 0, 400
     C.one_thread()
@@ -114,6 +120,28 @@ def main(argv=None):
     text = table(C.read_jsonl(log))
     print(text)
     C.write_table(a.out, "label_leaking", text, readme)
+    return 0
+
+
+def pgd_check(a):
+    """PGD-40 accuracy of every finished run's model (is one-step robustness real robustness?)."""
+    C.one_thread()
+    out = []
+    for r in C.read_jsonl(os.path.join(a.out, "runs.jsonl")):
+        kw = {k: v for k, v in r["config"].items() if k != "recipe"}
+        cfg = C.make_cfg(r["config"]["recipe"], **kw, out_dir=os.path.join(a.out, "runs", f"{r['method']}-s{r['seed']}"))
+        data = load_split(cfg.data, cfg.n_train, 0, cfg.data_seed)
+        x, y = data.x_test[:a.pgd_check], data.y_test[:a.pgd_check]
+        gen = torch.Generator().manual_seed(1000 + r["seed"])
+        eps = r["tag"]["eps"]
+        acc = C.attacked_accuracy(C.load_model(cfg), x, y, lambda m, xb, yb: attacks.pgd(
+            m, xb, yb, eps, 0.01, 40, random_start=True, lo=0.0, hi=1.0, generator=gen))
+        rec = {"method": r["method"], "seed": r["seed"], "eps": eps, "n": len(x), "pgd40_acc": acc,
+               "epochs": r["tag"]["epochs"]}
+        print(rec, flush=True)
+        out.append(rec)
+    with open(os.path.join(a.out, "pgd_check.jsonl"), "w") as f:
+        f.writelines(json.dumps(o) + "\n" for o in out)
     return 0
 
 

@@ -86,6 +86,11 @@ def test_label_leaking_quick(tmp_path):
     assert rows[1]["config"]["attack_labels"] == "true" and rows[2]["config"]["attack_labels"] == "pred"
     # the probe reads the true label off a true-label sign gradient far above chance (0.1)
     assert rows[0]["probe_true"] > 0.5
+    mod = _script("label_leaking")
+    assert mod.main(["--quick", "--out", str(tmp_path), "--pgd-check", "20"]) == 0
+    check = [json.loads(ln) for ln in open(tmp_path / "pgd_check.jsonl")]
+    assert [c["method"] for c in check] == ["ce", "fgsm_true", "fgsm_pred"]
+    assert all(_acc(c["pgd40_acc"]) and c["n"] == 20 for c in check)
 
 
 def test_gumbel_ngs_quick(tmp_path):
