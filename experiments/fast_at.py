@@ -22,7 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common as C  # noqa: E402
+import exp_common as C  # noqa: E402
 import torch  # noqa: E402
 
 from adkernels import attacks  # noqa: E402

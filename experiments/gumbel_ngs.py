@@ -25,7 +25,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common as C  # noqa: E402
+import exp_common as C  # noqa: E402
 
 LABEL = {"adim": "ADIM (Gumbel-Softmax)", "adim_ngs": "ADIM-NGS (softmax)"}
 

@@ -29,7 +29,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common as C  # noqa: E402
+import exp_common as C  # noqa: E402
 import torch  # noqa: E402
 from fast_at import ramped  # noqa: E402
 
