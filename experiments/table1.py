@@ -106,8 +106,9 @@ def write_table(log, out):
             ev = [json.loads(ln) for ln in open(metrics) if '"eval"' in ln]
             if ev:
                 r["best"] = best_main(ev, r["config"]["recipe"], r["config"])
-    lines = ["| method | n | seeds | ours: final acc % (mean +- std) | ours: best epoch after pretraining % | paper % |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| method | n | test digits | seeds | ours: final acc % (mean +- std) | ours: best epoch after pretraining % "
+             "| paper % |",
+             "|---|---|---|---|---|---|---|"]
     for n in sorted({r["n_train"] for r in rows}):
         for m in LABEL:
             rs = [r for r in rows if r["method"] == m and r["n_train"] == n]
@@ -118,7 +119,9 @@ def write_table(log, out):
             sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0  # noqa: E731
             paper = PAPER.get(n, {}).get(m)
             ptxt = "-" if not paper else f"{paper[0]:.2f}" + (f" +- {paper[1]:.2f}" if paper[1] is not None else "")
-            lines.append(f"| {LABEL[m]} | {n} | {len(rs)} | {statistics.mean(f):.2f} +- {sd(f):.2f} | "
+            tests = sorted({r["config"].get("n_test") or 5000 - n for r in rs})  # 0: all held-out digits
+            lines.append(f"| {LABEL[m]} | {n} | {', '.join(map(str, tests))} | {len(rs)} | "
+                         f"{statistics.mean(f):.2f} +- {sd(f):.2f} | "
                          f"{statistics.mean(b):.2f} +- {sd(b):.2f} | {ptxt} |")
     text = "\n".join(lines)
     with open(os.path.join(out, "table1.md"), "w") as fh:
