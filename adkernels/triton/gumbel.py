@@ -8,6 +8,8 @@ Reusable ``@triton.jit`` helpers (the Triton side of csrc/include/adkernels/phil
     gumbel_noise(seed, offset, e, ACC)   -log(-log u_e): the per-element Gumbel noise a fused
                                          kernel calls (same u as the CPU / CUDA kernels)
     philox_normal(seed, offset, e, ACC)  Box-Muller normal of element e (pairs of lanes)
+    gumbel_online_block(...)             one column block of a sample's first pass: online
+                                         max / sum of exp((x + g) / tau), first argmax
 
 Forward: one program per row, column-blocked: pass 1 regenerates noise per block and keeps an
 online max / sum of exp of z = (x + g) / tau (and the first argmax for hard), pass 2 regenerates
@@ -63,6 +65,26 @@ def philox_normal(seed, offset, e, ACC: tl.constexpr):
 
 
 @triton.jit
+def gumbel_online_block(x, j, n, base, seed, offset, inv, m, s, best, best_idx, HARD: tl.constexpr,
+                        ACC: tl.constexpr):
+    """One column block of a Gumbel-Softmax row's first pass: z = (x + g) / tau at columns ``j``
+    (< n valid; noise of element ``base + j``), folded into the per-lane running max ``m`` and
+    sum ``s`` of exp(z - m), and (HARD) the row's first argmax so far. Returns (m, s, best, best_idx)."""
+    z = (x + gumbel_noise(seed, offset, base + j, ACC)) * inv
+    z = tl.where(j < n, z, float("-inf"))
+    m_new = tl.maximum(m, z)
+    safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    s = s * tl.exp(m - safe) + tl.exp(z - safe)
+    if HARD:
+        bm = tl.max(z, axis=0)
+        bi = tl.min(tl.where(z == bm, j, n), axis=0)
+        take = bm > best
+        best_idx = tl.where(take, bi, best_idx)
+        best = tl.where(take, bm, best)
+    return m_new, s, best, best_idx
+
+
+@triton.jit
 def _fwd_kernel(x_ptr, y_ptr, ys_ptr, tau_ptr, so_ptr, V,
                 HARD: tl.constexpr, SAVE_SOFT: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
@@ -79,18 +101,7 @@ def _fwd_kernel(x_ptr, y_ptr, ys_ptr, tau_ptr, so_ptr, V,
         j = start + cols
         mask = j < V
         x = tl.load(x_ptr + base + j, mask=mask, other=0.0).to(ACC)
-        z = (x + gumbel_noise(seed, offset, base + j, ACC)) * inv
-        z = tl.where(mask, z, float("-inf"))
-        m_new = tl.maximum(m, z)
-        safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        s = s * tl.exp(m - safe) + tl.exp(z - safe)
-        m = m_new
-        if HARD:
-            bm = tl.max(z, axis=0)
-            bi = tl.min(tl.where(z == bm, j, V), axis=0)
-            take = bm > best
-            best_idx = tl.where(take, bi, best_idx)
-            best = tl.where(take, bm, best)
+        m, s, best, best_idx = gumbel_online_block(x, j, V, base, seed, offset, inv, m, s, best, best_idx, HARD, ACC)
     mx = tl.max(m, axis=0)
     total = tl.sum(s * tl.exp(m - mx), axis=0)
     rs = 1.0 / total
