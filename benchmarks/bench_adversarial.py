@@ -52,6 +52,7 @@ from common import (  # noqa: E402
     fmt,
     pass_miss,
     print_table,
+    save_bar_chart,
     time_fns,
     write_csv,
 )
@@ -250,29 +251,13 @@ def adim_case(N, C, dtype, device, *, repeats, use_compile, seed=0):
                       check=check)
 
 
+SERIES = [("fused_ms", "fused adkernels"), ("composed_ms", "separate adkernels ops"),
+          ("eager_ms", "eager PyTorch"), ("compile_ms", "torch.compile"), ("floor_ms", "bandwidth floor")]
+
+
 def plot(rows, path, title):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(11, 4.8))
-    series = [("fused_ms", "fused adkernels"), ("composed_ms", "separate adkernels ops"),
-              ("eager_ms", "eager PyTorch"), ("compile_ms", "torch.compile"), ("floor_ms", "bandwidth floor")]
-    width = 0.8 / len(series)
-    for i, (key, name) in enumerate(series):
-        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(rows))]
-        ax.bar(xs, [r.get(key, float("nan")) for r in rows], width, label=name)
-    ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([f"{r['op'].replace('_loss', '')}\n{r['case']}" for r in rows], fontsize=7)
-    ax.set_yscale("log")
-    ax.set_ylabel("forward + backward, ms (log)")
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    ax.grid(axis="y", alpha=0.3, which="both")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    labels = [f"{r['op'].replace('_loss', '')}\n{r['case']}" for r in rows]
+    return save_bar_chart(rows, path, SERIES, labels, title=title, ylabel="forward + backward, ms (log)")
 
 
 def main(argv=None):

@@ -51,6 +51,7 @@ from common import (  # noqa: E402
     env_info,
     pass_miss,
     print_table,
+    save_bar_chart,
     time_fns,
     write_csv,
 )
@@ -192,31 +193,15 @@ def bench_case(op, grad_dtype, bkind, shape, device, *, repeats, use_compile):
     return row
 
 
+SERIES = [("fused_ms", "fused"), ("inplace_ms", "fused in-place"), ("eager_ms", "eager PyTorch"),
+          ("compile_ms", "torch.compile"), ("compile_inplace_ms", "torch.compile, in place"),
+          ("floor_new_ms", "floor, new output"), ("floor_ms", "floor, in place")]
+
+
 def plot(rows, path, title):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(13, 4.8))
-    series = [("fused_ms", "fused"), ("inplace_ms", "fused in-place"), ("eager_ms", "eager PyTorch"),
-              ("compile_ms", "torch.compile"), ("compile_inplace_ms", "torch.compile, in place"),
-              ("floor_new_ms", "floor, new output"), ("floor_ms", "floor, in place")]
-    width = 0.8 / len(series)
-    for i, (key, name) in enumerate(series):
-        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(rows))]
-        ax.bar(xs, [r[key] if r[key] == r[key] else 0 for r in rows], width, label=name)
-    ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([f"{r['op']}\n{r['grad']} grad\n{r['bounds']}" for r in rows], fontsize=8)
-    ax.set_yscale("log")
-    ax.set_ylabel("ms per step (log)")
-    ax.set_title(f"attack steps at {rows[0]['shape']} fp32 x_adv")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.grid(axis="y", alpha=0.3, which="both")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    labels = [f"{r['op']}\n{r['grad']} grad\n{r['bounds']}" for r in rows]
+    head = f"attack steps at {rows[0]['shape']} fp32 x_adv" if rows else "attack steps"
+    return save_bar_chart(rows, path, SERIES, labels, title=f"{head}\n{title}", ylabel="ms per step (log)")
 
 
 def main(argv=None):

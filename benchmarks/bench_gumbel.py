@@ -31,7 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import adkernels  # noqa: E402
-from common import busy_note, copy_probe, dtype_name, env_info, pass_miss, print_table, time_fns, write_csv  # noqa: E402
+from common import (  # noqa: E402
+    busy_note, copy_probe, dtype_name, env_info, pass_miss, print_table, save_bar_chart, time_fns, write_csv,
+)
 
 TAU = 0.5
 TARGETS = {"eager_over_fused": 5.0, "compile_over_fused": 2.0}
@@ -93,6 +95,9 @@ def bench_case(shape, dtype, device="cpu", repeats=5, compiled=None):
     return row
 
 
+SERIES = [("fused_ms", "fused"), ("eager_ms", "eager"), ("compile_ms", "compile"), ("floor_ms", "floor")]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small shapes, few repeats (smoke test)")
@@ -123,27 +128,10 @@ def main(argv=None):
     out = Path(a.out)
     path = write_csv(rows, out / f"gumbel{suffix}.csv")
     print(f"wrote {path}")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(8, 4))
-        labels = [f"{r['shape']}\n{r['dtype']}" for r in rows]
-        w = 0.2
-        for k, name in enumerate(["fused_ms", "eager_ms", "compile_ms", "floor_ms"]):
-            ax.bar([i + (k - 1.5) * w for i in range(len(rows))], [r[name] for r in rows], w, label=name[:-3])
-        ax.set_xticks(range(len(rows)), labels)
-        ax.set_ylabel("ms (fwd + bwd)")
-        ax.set_yscale("log")
-        ax.set_title(f"gumbel_softmax on {device}, load {info['load_avg_1m']}")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / f"bench_gumbel{suffix}.png", dpi=100)
-        print(f"wrote {out / f'bench_gumbel{suffix}.png'}")
-    except ImportError:
-        print("matplotlib not installed: no plot")
+    png = save_bar_chart(rows, out / f"bench_gumbel{suffix}.png", SERIES, [f"{r['shape']}\n{r['dtype']}" for r in rows],
+                         title=f"gumbel_softmax on {device}, load {info['load_avg_1m']}", ylabel="ms (fwd + bwd)")
+    if png:
+        print(f"wrote {png}")
     return rows
 
 

@@ -53,6 +53,7 @@ from common import (  # noqa: E402
     exp_cache_probe,
     fresh_write_probe,
     fmt,
+    grouped_bars,
     mem_available_bytes,
     pass_miss,
     peak_memory,
@@ -371,6 +372,10 @@ def bench_linear(quick: bool, device: str, repeats: int):
 
 # ---- plot -------------------------------------------------------------------------------------
 
+KD_SERIES = [("fused_ms", "fused adkernels.kd_loss"), ("eager_ms", "eager PyTorch"),
+             ("compile_ms", "torch.compile"), ("floor_ms", "bandwidth floor"), ("exp_bound_ms", "exp-bound")]
+
+
 def plot(kd_rows, lin_row, path, title):
     import matplotlib
 
@@ -381,19 +386,9 @@ def plot(kd_rows, lin_row, path, title):
     fig, axes = plt.subplots(1, ncols, figsize=(7 * ncols + 3, 4.8), gridspec_kw={"width_ratios": [3, 1][:ncols]})
     axes = [axes] if ncols == 1 else list(axes)
     ax = axes[0]
-    series = [("fused_ms", "fused adkernels.kd_loss"), ("eager_ms", "eager PyTorch"),
-              ("compile_ms", "torch.compile"), ("floor_ms", "bandwidth floor"), ("exp_bound_ms", "exp-bound")]
-    width = 0.8 / len(series)
-    for i, (key, name) in enumerate(series):
-        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(kd_rows))]
-        ax.bar(xs, [r[key] for r in kd_rows], width, label=name)
-    ax.set_xticks(range(len(kd_rows)))
-    ax.set_xticklabels([f"{r['N']}x{r['V']}\n{r['dtype']}" for r in kd_rows], fontsize=8)
-    ax.set_yscale("log")
+    grouped_bars(ax, kd_rows, KD_SERIES, [f"{r['N']}x{r['V']}\n{r['dtype']}" for r in kd_rows], legend="best")
     ax.set_ylabel("forward + backward, ms (log)")
     ax.set_title(f"kd_loss, T={TEMPERATURE}, alpha={ALPHA} (KD + CE)")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3, which="both")
     if lin_row:
         ax = axes[1]
         vals = [lin_row["eager_peak_GiB"], lin_row["fused_peak_GiB"]]

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from adkernels import attacks  # noqa: E402
-from common import busy_note, env_info, print_table, time_fns, write_csv  # noqa: E402
+from common import busy_note, env_info, print_table, save_bar_chart, time_fns, write_csv  # noqa: E402
 
 EPS, ALPHA = 8.0 / 255, 2.0 / 255
 
@@ -131,28 +131,14 @@ def bench_case(batch, size, width, steps, layout, device, *, repeats, ta=None):
     return row
 
 
+SERIES = [("adkernels_ms", "adkernels.attacks.pgd"), ("torchattacks_ms", "torchattacks.PGD"),
+          ("eager_ms", "eager torch loop"), ("model_only_ms", "model passes only (floor)")]
+
+
 def plot(rows, path, title):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.2))
-    series = [("adkernels_ms", "adkernels.attacks.pgd"), ("torchattacks_ms", "torchattacks.PGD"),
-              ("eager_ms", "eager torch loop"), ("model_only_ms", "model passes only (floor)")]
-    width = 0.8 / len(series)
-    for i, (key, name) in enumerate(series):
-        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(rows))]
-        ax.bar(xs, [r[key] if r[key] == r[key] else 0 for r in rows], width, label=name)
-    ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([f"{r['layout']}\n[{r['batch']}, 3, {r['size']}, {r['size']}]" for r in rows], fontsize=8)
-    ax.set_ylabel(f"ms per PGD-{rows[0]['steps']} attack")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    labels = [f"{r['layout']}\n[{r['batch']}, 3, {r['size']}, {r['size']}]" for r in rows]
+    ylabel = f"ms per PGD-{rows[0]['steps']} attack" if rows else "ms per PGD attack"
+    return save_bar_chart(rows, path, SERIES, labels, title=title, ylabel=ylabel, log=False)
 
 
 def main(argv=None):

@@ -26,7 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import adkernels  # noqa: E402
-from common import busy_note, copy_probe, dtype_name, env_info, print_table, time_fns, write_csv  # noqa: E402
+from common import (  # noqa: E402
+    busy_note, copy_probe, dtype_name, env_info, print_table, save_bar_chart, time_fns, write_csv,
+)
 
 
 def eager_soft_ce(z, q):
@@ -98,28 +100,13 @@ COLUMNS = ["N", "V", "dtype", "fused_ms", "eager_ms", "compile_ms", "floor_ms", 
            "compile_over_fused", "fused_over_floor"]
 
 
+SERIES = [("fused_ms", "adkernels"), ("eager_ms", "eager"), ("compile_ms", "torch.compile"),
+          ("floor_ms", "copy floor")]
+
+
 def plot(rows, path, title):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     labels = [f"[{r['N']},{r['V']}]\n{r['dtype']}" for r in rows]
-    xs = range(len(rows))
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 4))
-    w = 0.2
-    for i, (key, name) in enumerate((("fused_ms", "adkernels"), ("eager_ms", "eager"), ("compile_ms", "torch.compile"),
-                                     ("floor_ms", "copy floor"))):
-        ax.bar([x + (i - 1.5) * w for x in xs], [r[key] for r in rows], w, label=name)
-    ax.set_xticks(list(xs))
-    ax.set_xticklabels(labels, fontsize=8)
-    ax.set_ylabel("ms (fwd + bwd)")
-    ax.set_yscale("log")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return save_bar_chart(rows, path, SERIES, labels, title=title, ylabel="ms (fwd + bwd)")
 
 
 def main(argv=None):

@@ -28,7 +28,9 @@ absolute times are not.
   goes back to the OS when freed: resident memory then follows the live tensors, and the
   peak is physical memory touched by the call (outputs and gradients included), nothing
   estimated. It is whole-process memory, so library scratch space is counted too.
-- Output: :func:`write_csv`, :func:`print_table`, :func:`env_info`.
+- Output: :func:`write_csv`, :func:`print_table`, :func:`env_info`; charts with
+  :func:`save_bar_chart` (one grouped bar chart per figure) or :func:`grouped_bars` (the bars on
+  an axis of a figure the caller lays out).
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ import csv
 import gc
 import importlib.util
 import json
+import math
 import os
 import platform
 import re
@@ -45,7 +48,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -359,6 +362,79 @@ def write_csv(rows: Sequence[dict], path) -> Path:
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    return path
+
+
+# ---- charts -----------------------------------------------------------------------------------
+
+def _bar_value(row: dict, key: str, log: bool) -> Optional[float]:
+    """``row[key]`` as a float, or None where it cannot be drawn (missing, NaN, inf, <= 0 on a log axis)."""
+    v = row.get(key)
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(v) or (log and v <= 0):
+        return None
+    return v
+
+
+def grouped_bars(ax, rows: Sequence[dict], series: Sequence[Tuple[str, str]], labels: Sequence[str], *,
+                 log: bool = True, legend: Optional[str] = "outside") -> None:
+    """Draw one group of bars per row on ``ax``: bar ``i`` of a group is ``row[series[i][0]]``.
+
+    ``series`` is ``[(row key, legend name), ...]``, ``labels`` one x tick label per row. A value
+    that is missing, NaN or infinite (a variant that was skipped or failed), or not positive on
+    a log axis, leaves its slot empty; a series with no value at all is left out of the legend.
+    Each series keeps its colour (``C0``, ``C1``, ...) and slot whatever is missing.
+    ``legend``: "outside" (right of the axis), a matplotlib ``loc`` string, or None for none.
+    """
+    width = 0.8 / max(len(series), 1)
+    drawn = False
+    for i, (key, name) in enumerate(series):
+        offset = (i - (len(series) - 1) / 2) * width
+        points = [(j + offset, v) for j, r in enumerate(rows) if (v := _bar_value(r, key, log)) is not None]
+        if points:
+            xs, heights = zip(*points)
+            ax.bar(xs, heights, width, label=name, color=f"C{i % 10}")
+            drawn = True
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels(labels, fontsize=8 if len(rows) <= 6 else 7)
+    if log and drawn:
+        ax.set_yscale("log")
+    ax.grid(axis="y", alpha=0.3, which="both" if log else "major")
+    ax.set_axisbelow(True)
+    if legend and drawn:
+        if legend == "outside":
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        else:
+            ax.legend(fontsize=8, loc=legend)
+
+
+def save_bar_chart(rows: Sequence[dict], path, series: Sequence[Tuple[str, str]], labels: Sequence[str], *,
+                   title: str, ylabel: str, log: bool = True) -> Optional[Path]:
+    """One grouped bar chart (:func:`grouped_bars`) saved as ``path`` with matplotlib's Agg backend.
+
+    Returns the path written, or None (with a message) when matplotlib is not installed.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot")
+        return None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    width = min(16.0, max(7.0, 2.5 + len(rows) * (0.25 * len(series) + 0.4)))
+    fig, ax = plt.subplots(figsize=(width, 4.5))
+    grouped_bars(ax, rows, series, labels, log=log)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
     return path
 
 

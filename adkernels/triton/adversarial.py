@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .._backend import triton_interpret
 from ..ops.adversarial import CHUNK, adv_binary_fwd_fake, adv_source_fwd_fake, binary_size
-from .gumbel import gumbel_noise
+from .gumbel import gumbel_noise, gumbel_online_block
 from .kd import _prob_and_log
 
 ROWS_BLOCK = 1024
@@ -444,18 +444,7 @@ def _distill_kernel(
         j = start + cols
         mask = j < C
         x = tl.load(x_ptr + base + j, mask=mask, other=0.0).to(ACC)
-        z = (x + gumbel_noise(seed, offset, base + j, ACC)) * inv
-        z = tl.where(mask, z, float("-inf"))
-        m_new = tl.maximum(m, z)
-        safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        s = s * tl.exp(m - safe) + tl.exp(z - safe)
-        m = m_new
-        if HARD:
-            bm = tl.max(z, axis=0)
-            bi = tl.min(tl.where(z == bm, j, C), axis=0)
-            take = bm > best
-            best_idx = tl.where(take, bi, best_idx)
-            best = tl.where(take, bm, best)
+        m, s, best, best_idx = gumbel_online_block(x, j, C, base, seed, offset, inv, m, s, best, best_idx, HARD, ACC)
         if KD:
             xs = tl.where(mask, x, float("-inf"))
             ms_new = tl.maximum(ms, tl.max(xs, axis=0))
@@ -602,22 +591,7 @@ def _distill_kernel(
                     tl.store(gp + 2, (yf * a2).to(gd_ptr.dtype.element_ty), mask=mask)
 
 
-def _adv_distill_fwd_fake(gen, other, d, source, tau, seed_offset, hard, w_real, w_student, w_teacher,
-                          parameterization, mode, per_source_mean, kd_weight, temperature, divergence, grad_gen,
-                          grad_other, grad_d):
-    """Shapes of ``adv_distill_fwd``."""
-    loss_dtype = torch.float64 if gen.dtype == torch.float64 else torch.float32
-    rows = gen.new_empty((gen.shape[0],), dtype=loss_dtype)
-    gg = torch.empty_like(gen) if grad_gen else gen.new_empty((0,))
-    go = torch.empty_like(other) if grad_other else gen.new_empty((0,))
-    gd = torch.empty_like(d) if grad_d else gen.new_empty((0,))
-    return rows, gg, go, gd
-
-
-try:  # the op module's shape function, once it has one (one definition for the C++ and Triton ops)
-    from ..ops.adversarial import adv_distill_fwd_fake
-except ImportError:
-    adv_distill_fwd_fake = _adv_distill_fwd_fake
+from ..ops.adversarial import adv_distill_fwd_fake  # noqa: E402  (one shape function for the C++ and Triton ops)
 
 
 @torch.library.custom_op("adkernels::adv_distill_fwd_triton", mutates_args=())
