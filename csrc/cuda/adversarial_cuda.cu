@@ -22,6 +22,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <adkernels/adv_host.h>
 #include <adkernels/adversarial_math.h>
 #include <adkernels/gumbel_math.h>
 #include <adkernels/kd_math.h>
@@ -127,14 +128,6 @@ __global__ void adv_binary_kernel(const scalar_t* __restrict__ real, const scala
   if (threadIdx.x == 0) out[blockIdx.x] = partial[0];
 }
 
-at::ScalarType loss_type(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
-
-void check_dtype(const at::Tensor& t, const char* op) {
-  const auto d = t.scalar_type();
-  TORCH_CHECK(d == at::kFloat || d == at::kDouble || d == at::kHalf || d == at::kBFloat16, op,
-              ": unsupported dtype ", d, " (use float32, float64, float16 or bfloat16)");
-}
-
 std::tuple<at::Tensor, at::Tensor> adv_source_fwd_cuda(const at::Tensor& logits, const at::Tensor& source,
                                                       double w_real, double w_student, double w_teacher,
                                                       int64_t parameterization, int64_t mode, bool per_source_mean,
@@ -142,18 +135,9 @@ std::tuple<at::Tensor, at::Tensor> adv_source_fwd_cuda(const at::Tensor& logits,
   const char* op = "adv_source_fwd";
   TORCH_CHECK(logits.is_cuda(), op, ": expected CUDA tensors, got ", logits.device());
   const c10::cuda::CUDAGuard guard(logits.device());
-  TORCH_CHECK(parameterization == 0 || parameterization == 1, op, ": parameterization must be 0 or 1");
-  TORCH_CHECK(mode >= 0 && mode <= 2, op, ": mode must be 0, 1 or 2");
-  const int64_t K = parameterization == 0 ? 3 : 2;
-  TORCH_CHECK(logits.dim() == 2 && logits.size(1) == K && logits.is_contiguous(), op, ": d_logits must be a contiguous [N, ",
-              K, "] tensor, got ", logits.sizes());
-  check_dtype(logits, op);
-  const int64_t N = logits.size(0);
-  TORCH_CHECK(source.dim() == 1 && source.size(0) == N && source.scalar_type() == at::kLong && source.is_contiguous() &&
-                  source.device() == logits.device(),
-              op, ": source must be a contiguous int64 [", N, "] tensor on d_logits' device");
-  auto rows = at::empty({N}, logits.options().dtype(loss_type(logits)));
-  auto grad = need_grad ? at::empty_like(logits) : at::empty({0}, logits.options());
+  at::Tensor rows, grad;
+  std::tie(rows, grad) = adv_source_prepare(logits, source, parameterization, mode, need_grad);
+  const int64_t N = logits.size(0), K = logits.size(1);
   if (N == 0) return {rows, grad};
   auto stream = at::cuda::getCurrentCUDAStream();
   auto counts = at::zeros({3}, source.options());
@@ -182,29 +166,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adv_binary_fwd_cuda(
   const char* op = "adv_binary_fwd";
   TORCH_CHECK(fake.is_cuda(), op, ": expected CUDA tensors, got ", fake.device());
   const c10::cuda::CUDAGuard guard(fake.device());
-  TORCH_CHECK(kind >= 0 && kind <= 4, op, ": kind must be in 0..4");
-  TORCH_CHECK(side >= 0 && side <= 2, op, ": side must be in 0..2");
-  TORCH_CHECK(side != 2 || kind == 0, op, ": side 2 (generator_nonsat) exists for kind 0 (bce) only");
-  TORCH_CHECK(fake.dim() == 1 && fake.is_contiguous(), op, ": fake must be a contiguous 1-d tensor");
-  check_dtype(fake, op);
-  const bool rel = kind == 4;
-  const bool uses_real = side == 0 || rel;
-  TORCH_CHECK(!uses_real || real.has_value(), op, ": real scores are needed for this kind and side");
-  const int64_t Mf = fake.size(0);
-  int64_t Mr = 0;
-  if (uses_real) {
-    TORCH_CHECK(real->dim() == 1 && real->is_contiguous() && real->scalar_type() == fake.scalar_type() &&
-                    real->device() == fake.device(),
-                op, ": real must be a contiguous 1-d tensor of fake's dtype and device");
-    Mr = real->size(0);
-    TORCH_CHECK(!(rel || per_element) || Mr == Mf, op, ": real and fake sizes differ: ", Mr, " and ", Mf);
-  }
-  TORCH_CHECK(!grad_real || uses_real, op, ": grad_real asked without real scores");
-  const int64_t M = rel ? Mf : std::max(Mr, Mf);
-  const int64_t chunks = (M + kAdvChunk - 1) / kAdvChunk;
-  auto out = at::empty({per_element ? M : chunks}, fake.options().dtype(loss_type(fake)));
-  auto gr = grad_real ? at::empty_like(*real) : at::empty({0}, fake.options());
-  auto gf = grad_fake ? at::empty_like(fake) : at::empty({0}, fake.options());
+  auto p = adv_binary_prepare(real, fake, kind, side, per_element, grad_real, grad_fake, kAdvChunk);
+  const bool uses_real = p.uses_real;
+  const int64_t Mr = p.Mr, Mf = p.Mf, M = p.M, chunks = p.chunks;
+  auto &out = p.out, &gr = p.grad_real, &gf = p.grad_fake;
   if (M == 0) return {out, gr, gf};
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, fake.scalar_type(), "adv_binary_fwd_cuda", [&] {
@@ -402,44 +367,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> adv_distill_fwd_cuda(
   const char* op = "adv_distill_fwd";
   TORCH_CHECK(gen.is_cuda(), op, ": expected CUDA tensors, got ", gen.device());
   const c10::cuda::CUDAGuard guard(gen.device());
-  TORCH_CHECK(parameterization == 0 || parameterization == 1, op,
-              ": parameterization must be 0 (softmax) or 1 (binary_tree), got ", parameterization);
-  TORCH_CHECK(mode == 1 || mode == 2, op, ": mode must be 1 (minimax) or 2 (nonsat), got ", mode);
-  TORCH_CHECK(divergence >= 0 && divergence <= 2, op, ": divergence must be 0 (kl), 1 (reverse_kl) or 2 (jsd), got ",
-              divergence);
-  TORCH_CHECK(std::isfinite(kd_weight) && kd_weight >= 0, op, ": kd_weight must be finite and >= 0, got ", kd_weight);
-  TORCH_CHECK(std::isfinite(temperature) && temperature > 0, op, ": temperature must be finite and > 0, got ",
-              temperature);
-  const int64_t K = parameterization == 0 ? 3 : 2;
-  TORCH_CHECK(gen.dim() == 2 && gen.is_contiguous(), op, ": gen must be a contiguous [N, C] tensor, got ",
-              gen.sizes());
-  check_dtype(gen, op);
-  const int64_t N = gen.size(0), C = gen.size(1);
-  TORCH_CHECK(other.sizes() == gen.sizes() && other.scalar_type() == gen.scalar_type() && other.is_contiguous() &&
-                  other.device() == gen.device(),
-              op, ": other must be a contiguous tensor of gen's shape ", gen.sizes(), ", dtype and device");
-  TORCH_CHECK(d.dim() == 3 && d.size(0) == N && d.size(1) == C && d.size(2) == K &&
-                  d.scalar_type() == gen.scalar_type() && d.is_contiguous() && d.device() == gen.device(),
-              op, ": d must be a contiguous [", N, ", ", C, ", ", K, "] tensor of gen's dtype and device, got ",
-              d.sizes());
-  TORCH_CHECK(source.dim() == 1 && source.size(0) == N && source.scalar_type() == at::kLong &&
-                  source.is_contiguous() && source.device() == gen.device(),
-              op, ": source must be a contiguous int64 [", N, "] tensor on gen's device");
-  TORCH_CHECK(seed_offset.numel() == 2 && seed_offset.scalar_type() == at::kLong &&
-                  seed_offset.device() == gen.device(),
-              op, ": seed_offset must be an int64 tensor of 2 elements (seed, offset) on gen's device");
-  TORCH_CHECK(tau.numel() == 1 && tau.is_floating_point() && tau.device() == gen.device(), op,
-              ": tau must be a one-element floating tensor on gen's device, got ", tau.sizes(), " ",
-              tau.scalar_type(), " on ", tau.device());
-  auto rows = at::empty({N}, gen.options().dtype(loss_type(gen)));
-  auto gg = grad_gen ? at::empty_like(gen) : at::empty({0}, gen.options());
-  auto go = grad_other ? at::empty_like(other) : at::empty({0}, gen.options());
-  auto gd = grad_d ? at::empty_like(d) : at::empty({0}, gen.options());
+  at::Tensor rows, gg, go, gd;
+  std::tie(rows, gg, go, gd) = adv_distill_prepare(gen, other, d, source, tau, seed_offset, parameterization, mode,
+                                                   kd_weight, temperature, divergence, grad_gen, grad_other, grad_d);
+  const int64_t N = gen.size(0), C = gen.size(1), K = d.size(2);
   if (N == 0) return {rows, gg, go, gd};
-  TORCH_CHECK(C > 0, op, ": gen has no labels (C = 0): a Gumbel-Softmax sample needs C >= 1");
   TORCH_CHECK(N <= std::numeric_limits<int32_t>::max(), op, ": too many rows (", N, ") for one launch");
   // tau in the compute dtype, read on the device (no host sync; a no-op when it already is)
-  const auto tau_acc = tau.reshape({1}).to(loss_type(gen)).contiguous();
+  const auto tau_acc = tau.reshape({1}).to(adv_loss_type(gen)).contiguous();
   const auto so = seed_offset.contiguous();
   auto stream = at::cuda::getCurrentCUDAStream();
   auto counts = at::zeros({3}, source.options());
