@@ -1,13 +1,16 @@
 """Helpers shared by the experiment scripts of experiments 2-5 (gumbel_ngs.py, label_leaking.py,
-fast_at.py, fused_vs_reference.py): run a recipe, load its trained model, evaluate under attack,
-record the code version and machine load, and put a results table into experiments/README.md
+fast_at.py, fused_vs_reference.py): resume a sweep (which runs of runs.jsonl are done), run a
+recipe, load its trained model, evaluate under attack, record the code version and machine load,
+group a sweep's records into table rows, and put a results table into experiments/README.md
 between ``<!-- table: ... -->`` / ``<!-- end table -->`` markers.
 """
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -15,6 +18,7 @@ if ROOT not in sys.path:
 
 import torch  # noqa: E402
 
+from adkernels import attacks  # noqa: E402
 from adkernels import train as T  # noqa: E402
 
 
@@ -66,9 +70,73 @@ def load_avg() -> str:
         return "?"
 
 
+def readme_wanted(args, parser) -> bool:
+    """Whether this invocation updates its README table: a full run (no ``--quick``) writing to the
+    parser's default ``--out``."""
+    return not args.quick and os.path.abspath(args.out) == os.path.abspath(parser.get_default("out"))
+
+
+def run_tag(args, skip=("out", "methods", "seeds")) -> dict:
+    """A run's ``tag``: the command-line settings, less those in ``skip`` (the ones that choose which
+    runs to do, not how they run). Records with equal tags belong to the same sweep."""
+    return {k: v for k, v in vars(args).items() if k not in skip}
+
+
+def finished(log: str, tag: dict, key: str = "method", commit=None) -> set:
+    """The ``(record[key], seed)`` pairs already in the runs.jsonl ``log`` with this ``tag`` (and, if
+    ``commit`` is given, made at that commit): a rerun skips them."""
+    return {(r[key], r["seed"]) for r in read_jsonl(log)
+            if r["tag"] == tag and (commit is None or r["code"]["commit"] == commit)}
+
+
+class Sweep(NamedTuple):
+    """Where a resumable sweep of runs stands (see :func:`start_sweep`)."""
+    readme: bool  # update the README table at the end
+    log: str  # its runs.jsonl
+    tag: dict  # the settings every record of this sweep carries
+    done: set  # (name, seed) pairs already in the log with this tag
+
+
+def start_sweep(args, parser, skip=("out", "methods", "seeds"), key: str = "method", commit=None) -> Sweep:
+    """The state of the sweep that ``args`` (parsed by ``parser``) asks for: whether it updates the
+    README (:func:`readme_wanted`), ``--out``/runs.jsonl, its tag (:func:`run_tag` less ``skip``) and
+    the runs already done (:func:`finished` by ``key``, at ``commit`` if given)."""
+    log = os.path.join(args.out, "runs.jsonl")
+    tag = run_tag(args, skip)
+    return Sweep(readme_wanted(args, parser), log, tag, finished(log, tag, key, commit))
+
+
+def pending(seeds, names, done):
+    """``(seed, name)`` for every seed and, within it, every name in order, leaving out the pairs in
+    ``done`` (``(name, seed)``, as :func:`finished` gives them)."""
+    for seed in seeds:
+        for name in names:
+            if (name, seed) not in done:
+                yield seed, name
+
+
+def saved_config(cfg) -> dict:
+    """The fields of ``cfg`` stored with a run's record (all but its ``out_dir``)."""
+    return {k: v for k, v in vars(cfg).items() if k != "out_dir"}
+
+
+def provenance(cfg) -> dict:
+    """The last fields of a run's record: machine load now, the code version and the config."""
+    return {"load_avg": load_avg(), "code": code_version(), "config": saved_config(cfg)}
+
+
 def make_cfg(recipe: str, **kw):
     return T.make_config(T.get_recipe(recipe).config_cls, {"recipe": recipe, "num_threads": 1, "progress": False,
                                                            **kw})
+
+
+def adim_cfg(args, **kw):
+    """The ADIM config of the options gumbel_ngs.py and fused_vs_reference.py share (``--data``,
+    ``--n-train``, ``--n-test``, ``--batch-size``, ``--pretrain`` CE epochs, ``--rounds`` of
+    Algorithm 1, ``--passes D T S``; plots unless ``--quick``), plus the fields ``kw``."""
+    return make_cfg("adim", data=args.data, n_train=args.n_train, n_test=args.n_test, batch_size=args.batch_size,
+                    pretrain_epochs=args.pretrain, epochs=args.rounds, d_passes=args.passes[0],
+                    t_passes=args.passes[1], s_passes=args.passes[2], plots=not args.quick, **kw)
 
 
 def run(cfg, recipe_cls=None) -> dict:
@@ -125,6 +193,20 @@ def attacked_accuracy(net, x, y, attack, batch: int = 250) -> float:
     return correct / len(x)
 
 
+def fgsm_accuracy(net, x, y, eps: float, labels: str = "true") -> float:
+    """Accuracy on FGSM examples (one step of ``eps``, no random start, box [0, 1]) crafted from the
+    ``labels`` ("true" or "pred")."""
+    return attacked_accuracy(net, x, y, lambda m, xb, yb: attacks.fgsm(m, xb, yb, eps, labels=labels, lo=0.0, hi=1.0))
+
+
+def pgd_accuracy(net, x, y, eps: float, alpha: float, steps: int, seed: int) -> float:
+    """Robust accuracy under linf PGD (``steps`` steps of ``alpha``, random start, box [0, 1]); the
+    random starts come from a generator seeded with ``1000 + seed``."""
+    gen = torch.Generator().manual_seed(1000 + seed)
+    return attacked_accuracy(net, x, y, lambda m, xb, yb: attacks.pgd(m, xb, yb, eps, alpha, steps, random_start=True,
+                                                                      lo=0.0, hi=1.0, generator=gen))
+
+
 def append_jsonl(path: str, rec: dict) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "a") as f:
@@ -133,6 +215,31 @@ def append_jsonl(path: str, rec: dict) -> None:
 
 def read_jsonl(path: str) -> list:
     return [json.loads(ln) for ln in open(path) if ln.strip()] if os.path.exists(path) else []
+
+
+def groups(rows, names, keep=None):
+    """A table's row groups: for every distinct ``tag`` of ``rows`` (in order of first appearance)
+    and every method of ``names`` (in that order), ``(tag, method, its rows)``, the rows being those
+    of that tag and method (and passing ``keep``, if given); empty groups are left out."""
+    tags = []
+    for r in rows:
+        if r["tag"] not in tags:
+            tags.append(r["tag"])
+    for tag in tags:
+        for m in names:
+            rs = [r for r in rows if r["method"] == m and r["tag"] == tag and (keep is None or keep(r))]
+            if rs:
+                yield tag, m, rs
+
+
+def mean_sd(values, nd: int = 1) -> str:
+    """``mean`` or, for more than one value, ``mean +- stdev``, with ``nd`` decimals."""
+    return f"{statistics.mean(values):.{nd}f}" + (f" +- {statistics.stdev(values):.{nd}f}" if len(values) > 1 else "")
+
+
+def seed_list(rs) -> str:
+    """The seeds of the records ``rs``, comma-separated."""
+    return ",".join(str(r["seed"]) for r in rs)
 
 
 def update_readme(md_rel: str, text: str, readme: str = os.path.join(ROOT, "experiments", "README.md")) -> bool:
@@ -166,3 +273,9 @@ def write_table(out: str, name: str, text: str, readme: bool) -> str:
         if not update_readme(rel, text):
             print(f"(README has no '<!-- table: {rel} -->' block; table only in {path})")
     return path
+
+
+def show_table(out: str, name: str, text: str, readme: bool) -> str:
+    """Print a results table, then :func:`write_table` it."""
+    print(text)
+    return write_table(out, name, text, readme)

@@ -16,17 +16,14 @@ steps, more than this CPU budget allows.
 """
 import argparse
 import os
-import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import exp_common as C  # noqa: E402
-import torch  # noqa: E402
 
-from adkernels import attacks  # noqa: E402
-from adkernels.train.data import load_split  # noqa: E402
+from adkernels.train.data import load_split, steps_per_pass  # noqa: E402
 from adkernels.train.recipes import RECIPE_CLASSES  # noqa: E402
 
 LABEL = {"fgsm_at": "FGSM-AT (random start, alpha 1.25 eps)", "pgd_at": "PGD-AT", "ada_lab": "ADA-Lab"}
@@ -57,13 +54,10 @@ def ramped(recipe_cls, ramp_steps: int):
 def evaluate(net, data, a, seed):
     x_all, y_all = data.x_test, data.y_test
     x, y = x_all[:a.eval_n], y_all[:a.eval_n]
-    gen = torch.Generator().manual_seed(1000 + seed)
     t0 = time.time()
     out = {"clean_acc": C.accuracy(net, x_all, y_all), "clean_acc_subset": C.accuracy(net, x, y),
-           "fgsm_acc": C.attacked_accuracy(net, x, y, lambda m, xb, yb: attacks.fgsm(m, xb, yb, a.eps, lo=0.0, hi=1.0)),
-           f"pgd{a.pgd_steps}_acc": C.attacked_accuracy(
-               net, x, y, lambda m, xb, yb: attacks.pgd(m, xb, yb, a.eps, a.pgd_alpha, a.pgd_steps, random_start=True,
-                                                        lo=0.0, hi=1.0, generator=gen))}
+           "fgsm_acc": C.fgsm_accuracy(net, x, y, a.eps),
+           f"pgd{a.pgd_steps}_acc": C.pgd_accuracy(net, x, y, a.eps, a.pgd_alpha, a.pgd_steps, seed)}
     out["eval_s"] = round(time.time() - t0, 1)
     return out
 
@@ -90,34 +84,25 @@ def main(argv=None):
         a.data, a.n_train, a.epochs, a.eval_n, a.pgd_steps, a.steps, a.eps_ramp = "digits", 100, 1, 40, 3, 2, 1
         a.eps, a.pgd_alpha = 0.1, 0.05
     C.one_thread()
-    readme = not a.quick and os.path.abspath(a.out) == os.path.abspath(p.get_default("out"))
-    log = os.path.join(a.out, "runs.jsonl")
-    tag = {k: v for k, v in vars(a).items() if k not in ("out", "methods", "seeds")}
-    done = {(r["method"], r["seed"]) for r in C.read_jsonl(log) if r["tag"] == tag}
+    readme, log, tag, done = C.start_sweep(a, p)
     data = load_split(a.data, a.n_train, 0, 0)
-    spp = max(1, a.n_train // a.batch_size)
-    for seed in a.seeds:
-        for m in a.methods:
-            if (m, seed) in done:
-                continue
-            out_dir = os.path.join(a.out, "runs", f"{m}-s{seed}")
-            cfg = C.make_cfg(m, data=a.data, n_train=a.n_train, n_test=a.eval_n, batch_size=a.batch_size,
-                             epochs=a.epochs, lr=a.lr, eps=a.eps, steps=a.steps, eval_pgd_steps=0, seed=seed,
-                             out_dir=out_dir, plots=not a.quick)
-            print(f"== {m} seed {seed} (load {C.load_avg()})", flush=True)
-            res = C.run(cfg, ramped(RECIPE_CLASSES[m], a.eps_ramp * spp))
-            ev = evaluate(C.load_model(cfg), data, a, seed)
-            rec = {"method": m, "seed": seed, "tag": tag, "train_wall_s": res["wall_s"],
-                   "s_per_epoch": round(res["wall_s"] / a.epochs, 2), "steps": res["global_step"],
-                   "skipped": res["skipped"], **ev, "n_test": len(data.x_test),
-                   "curve": [r["student_acc"] for r in res["evals"]], "load_avg": C.load_avg(),
-                   "code": C.code_version(), "config": {k: v for k, v in vars(cfg).items() if k != "out_dir"}}
-            C.append_jsonl(log, rec)
-            print(f"   clean {ev['clean_acc']:.4f}  fgsm {ev['fgsm_acc']:.4f}  pgd{a.pgd_steps} "
-                  f"{ev[f'pgd{a.pgd_steps}_acc']:.4f}  train {res['wall_s']:.0f} s", flush=True)
-    text = table(C.read_jsonl(log), a.pgd_steps)
-    print(text)
-    C.write_table(a.out, "fast_at", text, readme)
+    ramp_steps = a.eps_ramp * steps_per_pass(a.n_train, a.batch_size)
+    for seed, m in C.pending(a.seeds, a.methods, done):
+        out_dir = os.path.join(a.out, "runs", f"{m}-s{seed}")
+        cfg = C.make_cfg(m, data=a.data, n_train=a.n_train, n_test=a.eval_n, batch_size=a.batch_size,
+                         epochs=a.epochs, lr=a.lr, eps=a.eps, steps=a.steps, eval_pgd_steps=0, seed=seed,
+                         out_dir=out_dir, plots=not a.quick)
+        print(f"== {m} seed {seed} (load {C.load_avg()})", flush=True)
+        res = C.run(cfg, ramped(RECIPE_CLASSES[m], ramp_steps))
+        ev = evaluate(C.load_model(cfg), data, a, seed)
+        rec = {"method": m, "seed": seed, "tag": tag, "train_wall_s": res["wall_s"],
+               "s_per_epoch": round(res["wall_s"] / a.epochs, 2), "steps": res["global_step"],
+               "skipped": res["skipped"], **ev, "n_test": len(data.x_test),
+               "curve": [r["student_acc"] for r in res["evals"]], **C.provenance(cfg)}
+        C.append_jsonl(log, rec)
+        print(f"   clean {ev['clean_acc']:.4f}  fgsm {ev['fgsm_acc']:.4f}  pgd{a.pgd_steps} "
+              f"{ev[f'pgd{a.pgd_steps}_acc']:.4f}  train {res['wall_s']:.0f} s", flush=True)
+    C.show_table(a.out, "fast_at", table(C.read_jsonl(log), a.pgd_steps), readme)
     return 0
 
 
@@ -125,26 +110,14 @@ def table(rows, pgd_steps):
     key = f"pgd{pgd_steps}_acc"
     lines = [f"| method | seeds | clean acc % | FGSM acc % | PGD-{pgd_steps} acc % | train wall s | s / epoch | settings |",
              "|---|---|---|---|---|---|---|---|"]
-    tags = []
-    for r in rows:
-        if r["tag"] not in tags:
-            tags.append(r["tag"])
-    for tag in tags:
-        for m in LABEL:
-            rs = [r for r in rows if r["method"] == m and r["tag"] == tag and key in r]
-            if not rs:
-                continue
+    for t, m, rs in C.groups(rows, LABEL, keep=lambda r: key in r):
+        def f(k, scale=100.0):
+            return C.mean_sd([scale * r[k] for r in rs])
 
-            def f(k, scale=100.0):
-                v = [scale * r[k] for r in rs]
-                return f"{statistics.mean(v):.1f}" + (f" +- {statistics.stdev(v):.1f}" if len(v) > 1 else "")
-
-            t = tag
-            s = (f"{t['data']} n={t['n_train']}, {t['epochs']} ep, batch {t['batch_size']}, eps {t['eps']} "
-                 f"(ramp {t['eps_ramp']} ep), train PGD steps {t['steps']}, attacked {t['eval_n']}, seeds "
-                 f"{','.join(str(r['seed']) for r in rs)}")
-            lines.append(f"| {LABEL[m]} | {len(rs)} | {f('clean_acc')} | {f('fgsm_acc')} | {f(key)} | "
-                         f"{f('train_wall_s', 1.0)} | {f('s_per_epoch', 1.0)} | {s} |")
+        s = (f"{t['data']} n={t['n_train']}, {t['epochs']} ep, batch {t['batch_size']}, eps {t['eps']} "
+             f"(ramp {t['eps_ramp']} ep), train PGD steps {t['steps']}, attacked {t['eval_n']}, seeds {C.seed_list(rs)}")
+        lines.append(f"| {LABEL[m]} | {len(rs)} | {f('clean_acc')} | {f('fgsm_acc')} | {f(key)} | "
+                     f"{f('train_wall_s', 1.0)} | {f('s_per_epoch', 1.0)} | {s} |")
     return "\n".join(lines)
 
 

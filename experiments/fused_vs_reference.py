@@ -52,36 +52,25 @@ def main(argv=None):
     if a.quick:
         a.data, a.n_train, a.n_test, a.pretrain, a.rounds, a.passes = "digits", 50, 200, 1, 1, [1, 1, 1]
     C.one_thread()
-    readme = not a.quick and os.path.abspath(a.out) == os.path.abspath(p.get_default("out"))
-    log = os.path.join(a.out, "runs.jsonl")
-    tag = {k: v for k, v in vars(a).items() if k not in ("out", "seeds")}
     version = C.code_version()
-    done = {(r["backend"], r["seed"]) for r in C.read_jsonl(log) if r["tag"] == tag
-            and r["code"]["commit"] == version["commit"]}
-    for seed in a.seeds:
-        for backend in BACKENDS:
-            if (backend, seed) in done:
-                continue
-            cfg = C.make_cfg("adim", data=a.data, n_train=a.n_train, n_test=a.n_test, batch_size=a.batch_size,
-                             pretrain_epochs=a.pretrain, epochs=a.rounds, d_passes=a.passes[0], t_passes=a.passes[1],
-                             s_passes=a.passes[2], seed=seed, backend=backend, log_every=1, plots=not a.quick,
-                             out_dir=os.path.join(a.out, "runs", f"{backend}-s{seed}"))
-            print(f"== ADIM backend={backend} seed {seed} (load {C.load_avg()})", flush=True)
-            res = C.run(cfg)
-            ev = res["evals"]
-            et = epoch_times(ev)
-            rec = {"backend": backend, "seed": seed, "tag": tag, "wall_s": res["wall_s"],
-                   "pretrain_s_per_epoch": round(statistics.mean(et[:a.pretrain]), 3) if a.pretrain else None,
-                   "round_s": round(statistics.mean(et[a.pretrain:]), 3), "epoch_s": et,
-                   "student_curve": [r["student_acc"] for r in ev], "teacher_curve": [r["teacher_acc"] for r in ev],
-                   "losses": [r["loss"] for r in C.read_train(cfg.out_dir)], "load_avg_after": C.load_avg(),
-                   "code": version, "config": {k: v for k, v in vars(cfg).items() if k != "out_dir"}}
-            C.append_jsonl(log, rec)
-            print(f"   wall {res['wall_s']:.1f} s  pretrain {rec['pretrain_s_per_epoch']} s/ep  round "
-                  f"{rec['round_s']} s  final student {ev[-1]['student_acc']:.4f}", flush=True)
-    text = table(C.read_jsonl(log))
-    print(text)
-    C.write_table(a.out, "fused_vs_reference", text, readme)
+    readme, log, tag, done = C.start_sweep(a, p, skip=("out", "seeds"), key="backend", commit=version["commit"])
+    for seed, backend in C.pending(a.seeds, BACKENDS, done):
+        cfg = C.adim_cfg(a, seed=seed, backend=backend, log_every=1,
+                         out_dir=os.path.join(a.out, "runs", f"{backend}-s{seed}"))
+        print(f"== ADIM backend={backend} seed {seed} (load {C.load_avg()})", flush=True)
+        res = C.run(cfg)
+        ev = res["evals"]
+        et = epoch_times(ev)
+        rec = {"backend": backend, "seed": seed, "tag": tag, "wall_s": res["wall_s"],
+               "pretrain_s_per_epoch": round(statistics.mean(et[:a.pretrain]), 3) if a.pretrain else None,
+               "round_s": round(statistics.mean(et[a.pretrain:]), 3), "epoch_s": et,
+               "student_curve": [r["student_acc"] for r in ev], "teacher_curve": [r["teacher_acc"] for r in ev],
+               "losses": [r["loss"] for r in C.read_train(cfg.out_dir)], "load_avg_after": C.load_avg(),
+               "code": version, "config": C.saved_config(cfg)}
+        C.append_jsonl(log, rec)
+        print(f"   wall {res['wall_s']:.1f} s  pretrain {rec['pretrain_s_per_epoch']} s/ep  round "
+              f"{rec['round_s']} s  final student {ev[-1]['student_acc']:.4f}", flush=True)
+    C.show_table(a.out, "fused_vs_reference", table(C.read_jsonl(log)), readme)
     return 0
 
 

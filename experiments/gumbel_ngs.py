@@ -20,7 +20,6 @@ skipped on a rerun) and writes ``--out``/gumbel_ngs.md (and its README block).
 """
 import argparse
 import os
-import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -56,37 +55,25 @@ def main(argv=None):
     if a.quick:
         a.data, a.n_train, a.n_test, a.pretrain, a.rounds, a.passes, a.threshold = "digits", 50, 200, 1, 2, [1, 1, 1], 0.3
     C.one_thread()
-    readme = not a.quick and os.path.abspath(a.out) == os.path.abspath(p.get_default("out"))
-    log = os.path.join(a.out, "runs.jsonl")
-    tag = {k: v for k, v in vars(a).items() if k not in ("out", "methods", "seeds", "threshold")}
-    done = {(r["method"], r["seed"]) for r in C.read_jsonl(log) if r["tag"] == tag}
-    for seed in a.seeds:
-        for m in a.methods:
-            if (m, seed) in done:
-                continue
-            prot = f"p{a.pretrain}-r{a.rounds}-{'-'.join(map(str, a.passes))}"
-            cfg = C.make_cfg("adim", data=a.data, n_train=a.n_train, n_test=a.n_test, batch_size=a.batch_size,
-                             pretrain_epochs=a.pretrain, epochs=a.rounds, d_passes=a.passes[0],
-                             t_passes=a.passes[1], s_passes=a.passes[2], gumbel=(m == "adim"), seed=seed,
-                             backend=a.backend, plots=not a.quick,
-                             out_dir=os.path.join(a.out, "runs", f"{m}-{prot}-s{seed}"))
-            print(f"== {m} seed {seed} {prot} (load {C.load_avg()})", flush=True)
-            res = C.run(cfg)
-            ev = res["evals"]
-            rec = {"method": m, "seed": seed, "tag": tag, "pretrain": a.pretrain, "threshold": a.threshold,
-                   "curve": [r["student_acc"] for r in ev], "teacher_curve": [r.get("teacher_acc") for r in ev],
-                   "d_loss_note": "see metrics.jsonl (phase disc)", "final": ev[-1]["student_acc"],
-                   "best_after_pretrain": max(r["student_acc"] for r in ev[a.pretrain:]),
-                   "after_pretrain": ev[a.pretrain - 1]["student_acc"] if a.pretrain else None,
-                   "teacher_final": ev[-1].get("teacher_acc"), "wall_s": res["wall_s"], "skipped": res["skipped"],
-                   "load_avg": C.load_avg(), "code": C.code_version(),
-                   "config": {k: v for k, v in vars(cfg).items() if k != "out_dir"}}
-            C.append_jsonl(log, rec)
-            print(f"   final {rec['final']:.4f}  best {rec['best_after_pretrain']:.4f}  curve "
-                  + " ".join(f"{v:.3f}" for v in rec["curve"]), flush=True)
-    text = table(C.read_jsonl(log))
-    print(text)
-    C.write_table(a.out, "gumbel_ngs", text, readme)
+    readme, log, tag, done = C.start_sweep(a, p, skip=("out", "methods", "seeds", "threshold"))
+    for seed, m in C.pending(a.seeds, a.methods, done):
+        prot = f"p{a.pretrain}-r{a.rounds}-{'-'.join(map(str, a.passes))}"
+        cfg = C.adim_cfg(a, gumbel=(m == "adim"), seed=seed, backend=a.backend,
+                         out_dir=os.path.join(a.out, "runs", f"{m}-{prot}-s{seed}"))
+        print(f"== {m} seed {seed} {prot} (load {C.load_avg()})", flush=True)
+        res = C.run(cfg)
+        ev = res["evals"]
+        rec = {"method": m, "seed": seed, "tag": tag, "pretrain": a.pretrain, "threshold": a.threshold,
+               "curve": [r["student_acc"] for r in ev], "teacher_curve": [r.get("teacher_acc") for r in ev],
+               "d_loss_note": "see metrics.jsonl (phase disc)", "final": ev[-1]["student_acc"],
+               "best_after_pretrain": max(r["student_acc"] for r in ev[a.pretrain:]),
+               "after_pretrain": ev[a.pretrain - 1]["student_acc"] if a.pretrain else None,
+               "teacher_final": ev[-1].get("teacher_acc"), "wall_s": res["wall_s"], "skipped": res["skipped"],
+               **C.provenance(cfg)}
+        C.append_jsonl(log, rec)
+        print(f"   final {rec['final']:.4f}  best {rec['best_after_pretrain']:.4f}  curve "
+              + " ".join(f"{v:.3f}" for v in rec["curve"]), flush=True)
+    C.show_table(a.out, "gumbel_ngs", table(C.read_jsonl(log)), readme)
     return 0
 
 
@@ -95,35 +82,24 @@ def table(rows):
              "epochs to threshold (incl. pretraining), per seed | rounds to threshold, per seed | per-seed final % | "
              "wall s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    tags = []
-    for r in rows:
-        if r["tag"] not in tags:
-            tags.append(r["tag"])
-    for tag in tags:
-        for m in LABEL:
-            rs = [r for r in rows if r["method"] == m and r["tag"] == tag]
-            if not rs:
-                continue
 
-            def ms(v, scale=100.0, nd=1):
-                v = [scale * x for x in v if x is not None]
-                if not v:
-                    return "-"
-                return f"{statistics.mean(v):.{nd}f}" + (f" +- {statistics.stdev(v):.{nd}f}" if len(v) > 1 else "")
+    def ms(v, scale=100.0, nd=1):
+        v = [scale * x for x in v if x is not None]
+        return C.mean_sd(v, nd) if v else "-"
 
-            thr = rs[-1]["threshold"]
-            reach = [first_reach(r["curve"], thr) for r in rs]
-            reach_txt = ", ".join("-" if e is None else str(e) for e in reach)
-            rounds_txt = ", ".join("-" if e is None else str(max(0, e - r["pretrain"])) for e, r in zip(reach, rs))
-            t = tag
-            prot = (f"{t['data']} n={t['n_train']} (test {t['n_test']}), batch {t['batch_size']}, pretrain "
-                    f"{t['pretrain']} ep, {t['rounds']} rounds of {'/'.join(map(str, t['passes']))} D/T/S passes")
-            finals = ", ".join(f"{100 * r['final']:.1f}" for r in rs)
-            lines.append(f"| {LABEL[m]} | {prot} | {','.join(str(r['seed']) for r in rs)} | "
-                         f"{ms([r['after_pretrain'] for r in rs])} | {ms([r['final'] for r in rs])} | "
-                         f"{ms([r['best_after_pretrain'] for r in rs])} | {100 * thr:.0f} | {reach_txt} | {rounds_txt} | "
-                         f"{finals} | "
-                         f"{ms([r['wall_s'] for r in rs], 1.0, 0)} |")
+    for t, m, rs in C.groups(rows, LABEL):
+        thr = rs[-1]["threshold"]
+        reach = [first_reach(r["curve"], thr) for r in rs]
+        reach_txt = ", ".join("-" if e is None else str(e) for e in reach)
+        rounds_txt = ", ".join("-" if e is None else str(max(0, e - r["pretrain"])) for e, r in zip(reach, rs))
+        prot = (f"{t['data']} n={t['n_train']} (test {t['n_test']}), batch {t['batch_size']}, pretrain "
+                f"{t['pretrain']} ep, {t['rounds']} rounds of {'/'.join(map(str, t['passes']))} D/T/S passes")
+        finals = ", ".join(f"{100 * r['final']:.1f}" for r in rs)
+        lines.append(f"| {LABEL[m]} | {prot} | {C.seed_list(rs)} | "
+                     f"{ms([r['after_pretrain'] for r in rs])} | {ms([r['final'] for r in rs])} | "
+                     f"{ms([r['best_after_pretrain'] for r in rs])} | {100 * thr:.0f} | {reach_txt} | {rounds_txt} | "
+                     f"{finals} | "
+                     f"{ms([r['wall_s'] for r in rs], 1.0, 0)} |")
     return "\n".join(lines)
 
 

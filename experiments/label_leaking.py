@@ -24,7 +24,6 @@ Appends one JSON line per (method, seed) to ``--out``/runs.jsonl and writes
 import argparse
 import json
 import os
-import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -34,7 +33,7 @@ import torch  # noqa: E402
 from fast_at import ramped  # noqa: E402
 
 from adkernels import attacks  # noqa: E402
-from adkernels.train.data import load_split  # noqa: E402
+from adkernels.train.data import load_split, steps_per_pass  # noqa: E402
 from adkernels.train.recipes import RECIPE_CLASSES  # noqa: E402
 
 METHODS = {"ce": ("ce", None), "fgsm_true": ("fgsm_at", "true"), "fgsm_pred": ("fgsm_at", "pred")}
@@ -59,8 +58,7 @@ def evaluate(net, data, a, seed):
     x, y = data.x_test, data.y_test
     ev = {"clean_acc": C.accuracy(net, x, y)}
     for labels in ("true", "pred"):
-        ev[f"fgsm_{labels}_acc"] = C.attacked_accuracy(
-            net, x, y, lambda m, xb, yb, lb=labels: attacks.fgsm(m, xb, yb, a.eps, labels=lb, lo=0.0, hi=1.0))
+        ev[f"fgsm_{labels}_acc"] = C.fgsm_accuracy(net, x, y, a.eps, labels)
     ev.update(probe(net, x[:a.probe_n], y[:a.probe_n], seed))
     return ev
 
@@ -88,38 +86,29 @@ def main(argv=None):
     if a.quick:
         a.data, a.n_train, a.epochs, a.eps, a.eps_ramp, a.probe_n = "digits", 200, 2, 0.1, 0, 400
     C.one_thread()
-    readme = not a.quick and os.path.abspath(a.out) == os.path.abspath(p.get_default("out"))
-    log = os.path.join(a.out, "runs.jsonl")
-    tag = {k: v for k, v in vars(a).items() if k not in ("out", "methods", "seeds")}
-    done = {(r["method"], r["seed"]) for r in C.read_jsonl(log) if r["tag"] == tag}
+    readme, log, tag, done = C.start_sweep(a, p)
     data = load_split(a.data, a.n_train, 0, 0)
-    spp = max(1, a.n_train // a.batch_size)
-    for seed in a.seeds:
-        for m in a.methods:
-            if (m, seed) in done:
-                continue
-            recipe, labels = METHODS[m]
-            kw = dict(data=a.data, n_train=a.n_train, n_test=500, batch_size=a.batch_size, epochs=a.epochs, lr=a.lr,
-                      seed=seed, out_dir=os.path.join(a.out, "runs", f"{m}-s{seed}"), plots=not a.quick,
-                      student="cnn", student_dropout=0.0)
-            if labels:
-                kw.update(eps=a.eps, attack_labels=labels, eval_pgd_steps=0, weight_decay=0.0)
-            else:
-                kw.update(weight_decay=0.0)
-            cfg = C.make_cfg(recipe, **kw)
-            print(f"== {m} seed {seed} (load {C.load_avg()})", flush=True)
-            cls = ramped(RECIPE_CLASSES[recipe], a.eps_ramp * spp) if labels else None
-            res = C.run(cfg, cls)
-            ev = evaluate(C.load_model(cfg), data, a, seed)
-            rec = {"method": m, "seed": seed, "tag": tag, "train_wall_s": res["wall_s"], "steps": res["global_step"],
-                   "n_test": len(data.x_test), **ev, "curve": [r["student_acc"] for r in res["evals"]],
-                   "load_avg": C.load_avg(), "code": C.code_version(),
-                   "config": {k: v for k, v in vars(cfg).items() if k != "out_dir"}}
-            C.append_jsonl(log, rec)
-            print("   " + "  ".join(f"{k} {v:.4f}" for k, v in ev.items()), flush=True)
-    text = table(C.read_jsonl(log))
-    print(text)
-    C.write_table(a.out, "label_leaking", text, readme)
+    ramp_steps = a.eps_ramp * steps_per_pass(a.n_train, a.batch_size)
+    for seed, m in C.pending(a.seeds, a.methods, done):
+        recipe, labels = METHODS[m]
+        kw = dict(data=a.data, n_train=a.n_train, n_test=500, batch_size=a.batch_size, epochs=a.epochs, lr=a.lr,
+                  seed=seed, out_dir=os.path.join(a.out, "runs", f"{m}-s{seed}"), plots=not a.quick,
+                  student="cnn", student_dropout=0.0)
+        if labels:
+            kw.update(eps=a.eps, attack_labels=labels, eval_pgd_steps=0, weight_decay=0.0)
+        else:
+            kw.update(weight_decay=0.0)
+        cfg = C.make_cfg(recipe, **kw)
+        print(f"== {m} seed {seed} (load {C.load_avg()})", flush=True)
+        cls = ramped(RECIPE_CLASSES[recipe], ramp_steps) if labels else None
+        res = C.run(cfg, cls)
+        ev = evaluate(C.load_model(cfg), data, a, seed)
+        rec = {"method": m, "seed": seed, "tag": tag, "train_wall_s": res["wall_s"], "steps": res["global_step"],
+               "n_test": len(data.x_test), **ev, "curve": [r["student_acc"] for r in res["evals"]],
+               **C.provenance(cfg)}
+        C.append_jsonl(log, rec)
+        print("   " + "  ".join(f"{k} {v:.4f}" for k, v in ev.items()), flush=True)
+    C.show_table(a.out, "label_leaking", table(C.read_jsonl(log)), readme)
     return 0
 
 
@@ -132,10 +121,8 @@ def pgd_check(a):
         cfg = C.make_cfg(r["config"]["recipe"], **kw, out_dir=os.path.join(a.out, "runs", f"{r['method']}-s{r['seed']}"))
         data = load_split(cfg.data, cfg.n_train, 0, cfg.data_seed)
         x, y = data.x_test[:a.pgd_check], data.y_test[:a.pgd_check]
-        gen = torch.Generator().manual_seed(1000 + r["seed"])
         eps = r["tag"]["eps"]
-        acc = C.attacked_accuracy(C.load_model(cfg), x, y, lambda m, xb, yb: attacks.pgd(
-            m, xb, yb, eps, 0.01, 40, random_start=True, lo=0.0, hi=1.0, generator=gen))
+        acc = C.pgd_accuracy(C.load_model(cfg), x, y, eps, 0.01, 40, r["seed"])
         rec = {"method": r["method"], "seed": r["seed"], "eps": eps, "n": len(x), "pgd40_acc": acc,
                "epochs": r["tag"]["epochs"]}
         print(rec, flush=True)
@@ -151,25 +138,13 @@ def table(rows):
             ("probe_pred", "probe on sign grad, pred labels %")]
     lines = ["| training | seeds | " + " | ".join(c[1] for c in cols) + " | settings |",
              "|---|---|" + "---|" * len(cols) + "---|"]
-    tags = []
-    for r in rows:
-        if r["tag"] not in tags:
-            tags.append(r["tag"])
-    for tag in tags:
-        for m in LABEL:
-            rs = [r for r in rows if r["method"] == m and r["tag"] == tag]
-            if not rs:
-                continue
+    for t, m, rs in C.groups(rows, LABEL):
+        def f(k):
+            return C.mean_sd([100 * r[k] for r in rs])
 
-            def f(k):
-                v = [100 * r[k] for r in rs]
-                return f"{statistics.mean(v):.1f}" + (f" +- {statistics.stdev(v):.1f}" if len(v) > 1 else "")
-
-            t = tag
-            s = (f"{t['data']} n={t['n_train']}, {rs[0]['n_test']} test, {t['epochs']} ep, batch {t['batch_size']}, "
-                 f"eps {t['eps']} (ramp {t['eps_ramp']} ep), probe {t['probe_n']}, seeds "
-                 f"{','.join(str(r['seed']) for r in rs)}")
-            lines.append(f"| {LABEL[m]} | {len(rs)} | " + " | ".join(f(c[0]) for c in cols) + f" | {s} |")
+        s = (f"{t['data']} n={t['n_train']}, {rs[0]['n_test']} test, {t['epochs']} ep, batch {t['batch_size']}, "
+             f"eps {t['eps']} (ramp {t['eps_ramp']} ep), probe {t['probe_n']}, seeds {C.seed_list(rs)}")
+        lines.append(f"| {LABEL[m]} | {len(rs)} | " + " | ".join(f(c[0]) for c in cols) + f" | {s} |")
     return "\n".join(lines)
 
 
