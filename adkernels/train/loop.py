@@ -104,15 +104,26 @@ def _grads_finite(optimizer) -> bool:
 
 
 @torch.no_grad()
-def accuracy(model, x, y, batch_size: int = 500) -> float:
+@torch.no_grad()
+def predict(model, x, batch_size: int = 500) -> torch.Tensor:
+    """The model's predicted classes on ``x`` in eval mode (its train/eval flag is put back)."""
     net = unwrap(model)
     was = net.training
     net.eval()
-    correct = 0
-    for i in range(0, len(x), batch_size):
-        correct += (net(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum().item()
-    net.train(was)
-    return correct / max(1, len(x))
+    try:
+        return torch.cat([net(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]
+                         or [torch.empty(0, dtype=torch.long, device=x.device)])
+    finally:
+        net.train(was)
+
+
+def accuracy(model, x, y, batch_size: int = 500) -> float:
+    return (predict(model, x, batch_size) == y).sum().item() / max(1, len(x))
+
+
+def top_class_share(pred: torch.Tensor, classes: int) -> float:
+    """The share of ``pred`` that falls in its most frequent class (1.0: one class for all)."""
+    return torch.bincount(pred, minlength=classes).max().item() / len(pred) if len(pred) else 0.0
 
 
 class Context:

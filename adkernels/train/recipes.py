@@ -15,10 +15,12 @@ with ``kd_loss`` (KL at ``temperature``; the authors' code used an MSE on logits
 student and the teacher batch (n_r = n_s = n_t). NGAN is the student against a binary
 discriminator, with no teacher.
 """
+import warnings
+
 import torch
 import torch.nn.functional as F
 
-from .loop import accuracy, unwrap, wrap_ddp
+from .loop import accuracy, predict, top_class_share, unwrap, wrap_ddp
 from .models import Discriminator, build_classifier
 
 
@@ -151,6 +153,7 @@ class Adversarial(WithTeacher):
                              cfg.d_dropout)
         self.disc = self.add("disc", disc, cfg.d_lr)
         self.weights = (cfg.weight_real, cfg.weight_student, cfg.weight_teacher)
+        self._spread, self._collapse_warned = set(), set()  # models seen spread out / warned about
 
     def pretrain_epochs(self):
         return self.cfg.pretrain_epochs
@@ -209,6 +212,30 @@ class Adversarial(WithTeacher):
         for i, name in enumerate(names):
             want = i if self.three_way else min(i, 1)
             out[f"d_acc_{name}"] = (pred[i * n:(i + 1) * n] == want).float().mean()
+        return out
+
+    def evaluate(self, data):
+        """Test accuracy of the student (and teacher), plus ``<model>_top_class``: the share of its
+        test predictions in its most predicted class. The adversarial game can collapse a generator
+        onto one label (the minimax ``log D`` is unbounded below); a warning says so once per model
+        when that share, having been lower at an earlier evaluation, is more than twice the largest
+        true class share and above one half (an untrained model that predicts one class is not
+        warned about)."""
+        out = {}
+        true_top = top_class_share(data.y_test, data.num_classes)
+        for name in ("student", "teacher") if self.has_teacher else ("student",):
+            pred = predict(self.models[name], data.x_test, self.cfg.eval_batch_size)
+            out[f"{name}_acc"] = (pred == data.y_test).sum().item() / max(1, len(pred))
+            out[f"{name}_top_class"] = top = top_class_share(pred, data.num_classes)
+            if top <= max(0.5, 2 * true_top):
+                self._spread.add(name)
+            elif name in self._spread and name not in self._collapse_warned and self.dist.rank == 0:
+                self._collapse_warned.add(name)
+                warnings.warn(
+                    f"{self.cfg.recipe}: {top:.0%} of the {name}'s test predictions are one class (the most "
+                    f"common true class is {true_top:.0%} of the test set): the adversarial game has probably "
+                    "collapsed onto one label; --gen-mode nonsat or --ce-weight 1.0 avoided this in our runs "
+                    "(experiments/README.md, Table 1 at n = 1000)", RuntimeWarning, stacklevel=2)
         return out
 
     def use_fused(self):
