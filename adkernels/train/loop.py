@@ -104,7 +104,6 @@ def _grads_finite(optimizer) -> bool:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def predict(model, x, batch_size: int = 500) -> torch.Tensor:
     """The model's predicted classes on ``x`` in eval mode (its train/eval flag is put back)."""
     net = unwrap(model)

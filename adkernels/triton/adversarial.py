@@ -19,7 +19,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._backend import triton_interpret
-from ..ops.adversarial import CHUNK, adv_binary_fwd_fake, adv_source_fwd_fake, binary_size
+from ..ops.adversarial import CHUNK, adv_binary_fwd_fake, adv_distill_fwd_fake, adv_source_fwd_fake, binary_size
 from .gumbel import gumbel_noise, gumbel_online_block
 from .kd import _prob_and_log
 
@@ -589,9 +589,6 @@ def _distill_kernel(
                 tl.store(gp + 1, (yf * a1).to(gd_ptr.dtype.element_ty), mask=mask)
                 if K == 3:
                     tl.store(gp + 2, (yf * a2).to(gd_ptr.dtype.element_ty), mask=mask)
-
-
-from ..ops.adversarial import adv_distill_fwd_fake  # noqa: E402  (one shape function for the C++ and Triton ops)
 
 
 @torch.library.custom_op("adkernels::adv_distill_fwd_triton", mutates_args=())
