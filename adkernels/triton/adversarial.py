@@ -491,12 +491,14 @@ def _distill_kernel(
                 acc_s += bs
     if HARD:
         # y_fwd is the one-hot of the first argmax: s = d[n, argmax] (C = 0: no label, s = 0)
-        dp = d_ptr + (base + best_idx) * K
+        # (its own name: a scalar pointer named like the block pointers of the loops below would
+        # be a loop-carried variable whose type changes, which the GPU compiler rejects)
+        d_best = d_ptr + (base + best_idx) * K
         live = best_idx < C
-        s0 = tl.load(dp, mask=live, other=0.0).to(ACC)
-        s1 = tl.load(dp + 1, mask=live, other=0.0).to(ACC)
+        s0 = tl.load(d_best, mask=live, other=0.0).to(ACC)
+        s1 = tl.load(d_best + 1, mask=live, other=0.0).to(ACC)
         if K == 3:
-            s2 = tl.load(dp + 2, mask=live, other=0.0).to(ACC)
+            s2 = tl.load(d_best + 2, mask=live, other=0.0).to(ACC)
         else:
             s2 = tl.zeros([], ACC)
     else:
