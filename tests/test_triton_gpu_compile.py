@@ -32,9 +32,9 @@ _SCRIPT = textwrap.dedent(
     DT = [("*fp32", "*fp32", tl.float32), ("*bf16", "*fp32", tl.float32), ("*fp64", "*fp64", tl.float64)]
     for p, lp, acc in DT:
         if family == "gumbel":
-            for hard in (False, True):
+            for hard, save, blk in ((False, False, 4096), (True, True, 4096), (True, False, 16)):
                 comp(G._fwd_kernel, {"x_ptr": p, "y_ptr": p, "ys_ptr": p, "tau_ptr": lp, "so_ptr": "*i64",
-                                     "V": "i32"}, {"HARD": hard, "SAVE_SOFT": hard, "ACC": acc, "BLOCK": 4096})
+                                     "V": "i32"}, {"HARD": hard, "SAVE_SOFT": save, "ACC": acc, "BLOCK": blk})
             comp(G._bwd_kernel, {"y_ptr": p, "dy_ptr": p, "dx_ptr": p, "tau_ptr": lp, "V": "i32"},
                  {"ACC": acc, "BLOCK": 4096})
         elif family == "adversarial":
@@ -49,13 +49,14 @@ _SCRIPT = textwrap.dedent(
                                         "fake_scale": "fp64"},
                      {"KIND": kind, "FAKE_ROLE": role, "HAS_REAL": real, "PER_ELEMENT": False, "WRITE_GR": real,
                       "WRITE_GF": True, "ACC": acc, "CHUNK": A.CHUNK, "BLOCK": 1024})
-            for k, mode, hard, div in ((3, 1, False, 0), (3, 2, True, 1), (2, 1, True, 2)):
+            for k, mode, hard, div, kd, go, blk in ((3, 1, False, 0, True, True, 1024), (3, 2, True, 1, True, True, 1024),
+                                                    (2, 1, True, 2, True, False, 16), (3, 1, False, 0, False, False, 16)):
                 comp(A._distill_kernel, {"x_ptr": p, "o_ptr": p, "d_ptr": p, "src_ptr": "*i64", "counts_ptr": "*i64",
                                          "tau_ptr": lp, "so_ptr": "*i64", "rows_ptr": lp, "gx_ptr": p, "go_ptr": p,
                                          "gd_ptr": p, "C": "i32", "w0": "fp64", "w1": "fp64", "w2": "fp64",
                                          "kd_scale": "fp64", "temperature": "fp64"},
-                     {"K": k, "MODE": mode, "MEAN": True, "HARD": hard, "KD": True, "DIV": div, "WRITE_GX": True,
-                      "WRITE_GO": True, "WRITE_GD": True, "ACC": acc, "BLOCK": 1024})
+                     {"K": k, "MODE": mode, "MEAN": True, "HARD": hard, "KD": kd, "DIV": div, "WRITE_GX": True,
+                      "WRITE_GO": go, "WRITE_GD": True, "ACC": acc, "BLOCK": blk})
         elif family == "attacks":
             common = {"lo_ptr": lp, "hi_ptr": lp, "B": "i32", "inner": "i32"}
             for linf in (True, False):
