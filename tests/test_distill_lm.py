@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import pytest
@@ -182,8 +183,13 @@ def test_recipe_end_to_end_tiny(tmp_path):
     summary = res["summary"]
     assert set(summary) == {"teacher", "scratch", "distill"}
     for name, r in summary.items():
-        # better than a uniform guess over the vocabulary (measured: teacher 187, students 226)
-        assert 1.0 < r["val_ppl"] < VOCAB_SIZE, (name, r)
+        # the 4 steps train: training loss falls, and the validation CE beats a uniform guess over
+        # the vocabulary (log 259 = 5.56 nats) by a margin (measured: teacher 5.23, students 5.42)
+        curve = [loss for _, loss in res[name]["curve"]]
+        assert curve[-1] < curve[0], (name, curve)
+        assert r["val_ce"] < math.log(VOCAB_SIZE) - 0.05, (name, r)
+        assert r["val_ppl"] == pytest.approx(math.exp(r["val_ce"]), rel=1e-6)
+    assert summary["teacher"]["val_ce"] < summary["scratch"]["val_ce"]  # the wider model learns faster
     assert len(res["distill"]["curve"]) == 4
     assert json.load(open(tmp_path / "summary.json"))["distill"]["val_ppl"] == summary["distill"]["val_ppl"]
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
