@@ -116,8 +116,13 @@ def predict(model, x, batch_size: int = 500) -> torch.Tensor:
         net.train(was)
 
 
+def hit_rate(pred: torch.Tensor, y: torch.Tensor) -> float:
+    """The share of ``pred`` equal to ``y`` (0 for no rows)."""
+    return (pred == y).sum().item() / max(1, len(y))
+
+
 def accuracy(model, x, y, batch_size: int = 500) -> float:
-    return (predict(model, x, batch_size) == y).sum().item() / max(1, len(x))
+    return hit_rate(predict(model, x, batch_size), y)
 
 
 def top_class_share(pred: torch.Tensor, classes: int) -> float:

@@ -20,7 +20,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .loop import accuracy, predict, top_class_share, unwrap, wrap_ddp
+from .loop import accuracy, hit_rate, predict, top_class_share, unwrap, wrap_ddp
 from .models import Discriminator, build_classifier
 
 
@@ -225,7 +225,7 @@ class Adversarial(WithTeacher):
         true_top = top_class_share(data.y_test, data.num_classes)
         for name in ("student", "teacher") if self.has_teacher else ("student",):
             pred = predict(self.models[name], data.x_test, self.cfg.eval_batch_size)
-            out[f"{name}_acc"] = (pred == data.y_test).sum().item() / max(1, len(pred))
+            out[f"{name}_acc"] = hit_rate(pred, data.y_test)
             out[f"{name}_top_class"] = top = top_class_share(pred, data.num_classes)
             if top <= max(0.5, 2 * true_top):
                 self._spread.add(name)

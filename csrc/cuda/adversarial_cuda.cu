@@ -374,7 +374,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> adv_distill_fwd_cuda(
   if (N == 0) return {rows, gg, go, gd};
   TORCH_CHECK(N <= std::numeric_limits<int32_t>::max(), op, ": too many rows (", N, ") for one launch");
   // tau in the compute dtype, read on the device (no host sync; a no-op when it already is)
-  const auto tau_acc = tau.reshape({1}).to(adv_loss_type(gen)).contiguous();
+  const auto tau_acc = tau.reshape({1}).to(loss_dtype(gen)).contiguous();
   const auto so = seed_offset.contiguous();
   auto stream = at::cuda::getCurrentCUDAStream();
   auto counts = at::zeros({3}, source.options());

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <adkernels/host_checks.h>
 
 #include <algorithm>
 #include <cmath>
@@ -11,17 +12,6 @@
 #include <tuple>
 
 namespace adkernels {
-
-// The dtype of the losses an op returns: float64 for float64 inputs, else float32.
-inline at::ScalarType adv_loss_type(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-inline void adv_check_dtype(const at::Tensor& t, const char* op) {
-  const auto d = t.scalar_type();
-  TORCH_CHECK(d == at::kFloat || d == at::kDouble || d == at::kHalf || d == at::kBFloat16, op,
-              ": unsupported dtype ", d, " (use float32, float64, float16 or bfloat16)");
-}
 
 // Checks the adv_source_fwd contract and allocates (rows [N] in the loss dtype, grad: like
 // logits when need_grad, else empty).
@@ -35,13 +25,13 @@ inline std::tuple<at::Tensor, at::Tensor> adv_source_prepare(const at::Tensor& l
   TORCH_CHECK(logits.dim() == 2 && logits.size(1) == K, op, ": d_logits must be [N, ", K, "] for ",
               parameterization == 0 ? "softmax" : "binary_tree", ", got ", logits.sizes());
   TORCH_CHECK(logits.is_contiguous(), op, ": d_logits must be contiguous");
-  adv_check_dtype(logits, op);
+  check_float_dtype(logits, op);
   const int64_t N = logits.size(0);
   TORCH_CHECK(source.dim() == 1 && source.size(0) == N && source.scalar_type() == at::kLong &&
                   source.is_contiguous() && source.device() == logits.device(),
               op, ": source must be a contiguous int64 tensor of shape [", N, "] on d_logits' device, got ",
               source.sizes(), " ", source.scalar_type(), " on ", source.device());
-  auto rows = at::empty({N}, logits.options().dtype(adv_loss_type(logits)));
+  auto rows = at::empty({N}, logits.options().dtype(loss_dtype(logits)));
   auto grad = need_grad ? at::empty_like(logits) : at::empty({0}, logits.options());
   return {rows, grad};
 }
@@ -63,7 +53,7 @@ inline AdvBinaryPrep adv_binary_prepare(const std::optional<at::Tensor>& real, c
   TORCH_CHECK(side >= 0 && side <= 2, op, ": side must be 0 (discriminator), 1 (generator) or 2 (generator_nonsat)");
   TORCH_CHECK(side != 2 || kind == 0, op, ": side 2 (generator_nonsat) exists for kind 0 (bce) only");
   TORCH_CHECK(fake.dim() == 1 && fake.is_contiguous(), op, ": fake must be a contiguous 1-d tensor");
-  adv_check_dtype(fake, op);
+  check_float_dtype(fake, op);
   const bool rel = kind == 4;
   AdvBinaryPrep p{};
   p.uses_real = side == 0 || rel;
@@ -82,7 +72,7 @@ inline AdvBinaryPrep adv_binary_prepare(const std::optional<at::Tensor>& real, c
   TORCH_CHECK(!grad_real || p.uses_real, op, ": grad_real asked without real scores");
   p.M = rel ? p.Mf : std::max(p.Mr, p.Mf);
   p.chunks = (p.M + chunk - 1) / chunk;
-  p.out = at::empty({per_element ? p.M : p.chunks}, fake.options().dtype(adv_loss_type(fake)));
+  p.out = at::empty({per_element ? p.M : p.chunks}, fake.options().dtype(loss_dtype(fake)));
   p.grad_real = grad_real ? at::empty_like(*real) : at::empty({0}, fake.options());
   p.grad_fake = grad_fake ? at::empty_like(fake) : at::empty({0}, fake.options());
   return p;
@@ -103,7 +93,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> adv_distill_pr
   TORCH_CHECK(std::isfinite(kd_weight) && kd_weight >= 0, op, ": kd_weight must be finite and >= 0, got ", kd_weight);
   TORCH_CHECK(std::isfinite(temperature) && temperature > 0, op, ": temperature must be finite and > 0, got ",
               temperature);
-  adv_check_dtype(gen, op);
+  check_float_dtype(gen, op);
   const auto dtype = gen.scalar_type();
   const int64_t K = parameterization == 0 ? 3 : 2;
   TORCH_CHECK(gen.dim() == 2 && gen.is_contiguous(), op, ": gen must be a contiguous [N, C] tensor, got ",
@@ -126,7 +116,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> adv_distill_pr
               ": tau must be a one-element floating tensor on gen's device, got ", tau.sizes(), " ",
               tau.scalar_type(), " on ", tau.device());
   TORCH_CHECK(N == 0 || C > 0, op, ": gen has no labels (C = 0): a Gumbel-Softmax sample needs C >= 1");
-  auto rows = at::empty({N}, gen.options().dtype(adv_loss_type(gen)));
+  auto rows = at::empty({N}, gen.options().dtype(loss_dtype(gen)));
   auto gg = grad_gen ? at::empty_like(gen) : at::empty({0}, gen.options());
   auto go = grad_other ? at::empty_like(other) : at::empty({0}, gen.options());
   auto gd = grad_d ? at::empty_like(d) : at::empty({0}, gen.options());

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <adkernels/host_checks.h>
 
 #include <optional>
 #include <tuple>
@@ -23,9 +24,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> kd_fwd_prepare(
   TORCH_CHECK(student.is_contiguous() && teacher.is_contiguous(), "kd_fwd: inputs must be contiguous");
   TORCH_CHECK(temperature > 0, "kd_fwd: temperature must be > 0");
   TORCH_CHECK(divergence >= 0 && divergence <= 2, "kd_fwd: divergence must be 0 (kl), 1 (reverse_kl) or 2 (jsd)");
-  const auto dtype = student.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
-              "kd_fwd: unsupported dtype ", dtype, " (use float32, float64, float16 or bfloat16)");
+  check_float_dtype(student, "kd_fwd");
   const int64_t N = student.size(0);
   if (target.has_value()) {
     TORCH_CHECK(target->dim() == 1 && target->size(0) == N && target->scalar_type() == at::kLong &&
@@ -34,7 +33,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> kd_fwd_prepare(
     TORCH_CHECK(target->device() == student.device(), "kd_fwd: target is on ", target->device(),
                 " but the logits are on ", student.device());
   }
-  auto loss = at::empty({N}, student.options().dtype(dtype == at::kDouble ? at::kDouble : at::kFloat));
+  auto loss = at::empty({N}, student.options().dtype(loss_dtype(student)));
   auto gs = grad_student ? at::empty_like(student) : at::empty({0}, student.options());
   auto gt = grad_teacher ? at::empty_like(teacher) : at::empty({0}, teacher.options());
   if (N == 0 || student.size(1) == 0) loss.zero_();

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <adkernels/host_checks.h>
 
 #include <tuple>
 
@@ -14,16 +15,14 @@ inline void soft_ce_check_pair(const char* op, const at::Tensor& a, const at::Te
   TORCH_CHECK(a.scalar_type() == b.scalar_type(), op, ": input dtypes differ");
   TORCH_CHECK(a.device() == b.device(), op, ": inputs are on ", a.device(), " and ", b.device());
   TORCH_CHECK(a.is_contiguous() && b.is_contiguous(), op, ": inputs must be contiguous");
-  const auto dtype = a.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
-              op, ": unsupported dtype ", dtype, " (use float32, float64, float16 or bfloat16)");
+  check_float_dtype(a, op);
 }
 
 // (loss [N], grad_logits or empty, grad_targets or empty)
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_ce_fwd_prepare(
     const at::Tensor& logits, const at::Tensor& targets, bool grad_logits, bool grad_targets) {
   soft_ce_check_pair("soft_ce_fwd", logits, targets);
-  const auto acc = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = loss_dtype(logits);
   auto loss = at::empty({logits.size(0)}, logits.options().dtype(acc));
   auto gz = grad_logits ? at::empty_like(logits) : at::empty({0}, logits.options());
   auto gq = grad_targets ? at::empty_like(targets) : at::empty({0}, targets.options());
@@ -39,7 +38,7 @@ inline std::tuple<at::Tensor, at::Tensor> ada_lab_prepare(const at::Tensor& logi
                   target.is_contiguous() && target.device() == logits_adv.device(),
               "ada_lab_targets: target must be a contiguous int64 [N] tensor on the logits' device");
   TORCH_CHECK(temperature > 0, "ada_lab_targets: temperature must be > 0");
-  const auto acc = logits_adv.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = loss_dtype(logits_adv);
   return {at::empty_like(logits_adv), at::empty({logits_adv.size(0)}, logits_adv.options().dtype(acc))};
 }
 

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <adkernels/host_checks.h>
 
 #include <optional>
 #include <tuple>
@@ -13,15 +14,13 @@ inline std::tuple<at::Tensor, at::Tensor> topk_kd_fwd_prepare(
     const at::Tensor& student, const at::Tensor& ids, const at::Tensor& teacher_logprobs,
     const std::optional<at::Tensor>& target, double temperature, int64_t tail, bool grad_student) {
   TORCH_CHECK(student.dim() == 2, "topk_kd_fwd: student must be [N, V], got ", student.sizes());
-  const auto dtype = student.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
-              "topk_kd_fwd: unsupported dtype ", dtype, " (use float32, float64, float16 or bfloat16)");
+  check_float_dtype(student, "topk_kd_fwd");
   const int64_t N = student.size(0), V = student.size(1);
   TORCH_CHECK(ids.dim() == 2 && ids.size(0) == N && ids.scalar_type() == at::kLong,
               "topk_kd_fwd: ids must be int64 [N, K] with N = ", N, ", got ", ids.sizes(), " ", ids.scalar_type());
   const int64_t K = ids.size(1);
   TORCH_CHECK(K <= V, "topk_kd_fwd: k = ", K, " exceeds the vocabulary V = ", V);
-  const auto acc = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = loss_dtype(student);
   TORCH_CHECK(teacher_logprobs.sizes() == ids.sizes() && teacher_logprobs.scalar_type() == acc,
               "topk_kd_fwd: teacher_logprobs must be [N, K] like ids in ", acc, ", got ",
               teacher_logprobs.sizes(), " ", teacher_logprobs.scalar_type());
