@@ -70,25 +70,6 @@ def load_avg() -> str:
         return "?"
 
 
-def readme_wanted(args, parser) -> bool:
-    """Whether this invocation updates its README table: a full run (no ``--quick``) writing to the
-    parser's default ``--out``."""
-    return not args.quick and os.path.abspath(args.out) == os.path.abspath(parser.get_default("out"))
-
-
-def run_tag(args, skip=("out", "methods", "seeds")) -> dict:
-    """A run's ``tag``: the command-line settings, less those in ``skip`` (the ones that choose which
-    runs to do, not how they run). Records with equal tags belong to the same sweep."""
-    return {k: v for k, v in vars(args).items() if k not in skip}
-
-
-def finished(log: str, tag: dict, key: str = "method", commit=None) -> set:
-    """The ``(record[key], seed)`` pairs already in the runs.jsonl ``log`` with this ``tag`` (and, if
-    ``commit`` is given, made at that commit): a rerun skips them."""
-    return {(r[key], r["seed"]) for r in read_jsonl(log)
-            if r["tag"] == tag and (commit is None or r["code"]["commit"] == commit)}
-
-
 class Sweep(NamedTuple):
     """Where a resumable sweep of runs stands (see :func:`start_sweep`)."""
     readme: bool  # update the README table at the end
@@ -99,16 +80,21 @@ class Sweep(NamedTuple):
 
 def start_sweep(args, parser, skip=("out", "methods", "seeds"), key: str = "method", commit=None) -> Sweep:
     """The state of the sweep that ``args`` (parsed by ``parser``) asks for: whether it updates the
-    README (:func:`readme_wanted`), ``--out``/runs.jsonl, its tag (:func:`run_tag` less ``skip``) and
-    the runs already done (:func:`finished` by ``key``, at ``commit`` if given)."""
+    README (a full run, no ``--quick``, into the parser's default ``--out``), ``--out``/runs.jsonl,
+    its tag (the options less ``skip``, those that choose which runs to do rather than how they
+    run; records with equal tags belong to one sweep) and the ``(record[key], seed)`` pairs already
+    logged with that tag (and at ``commit``, if given), which a rerun skips."""
+    readme = not args.quick and os.path.abspath(args.out) == os.path.abspath(parser.get_default("out"))
     log = os.path.join(args.out, "runs.jsonl")
-    tag = run_tag(args, skip)
-    return Sweep(readme_wanted(args, parser), log, tag, finished(log, tag, key, commit))
+    tag = {k: v for k, v in vars(args).items() if k not in skip}
+    done = {(r[key], r["seed"]) for r in read_jsonl(log)
+            if r["tag"] == tag and (commit is None or r["code"]["commit"] == commit)}
+    return Sweep(readme, log, tag, done)
 
 
 def pending(seeds, names, done):
     """``(seed, name)`` for every seed and, within it, every name in order, leaving out the pairs in
-    ``done`` (``(name, seed)``, as :func:`finished` gives them)."""
+    ``done`` (``(name, seed)``, as :func:`start_sweep` gives them)."""
     for seed in seeds:
         for name in names:
             if (name, seed) not in done:
